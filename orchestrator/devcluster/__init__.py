@@ -1,0 +1,1 @@
+"""The local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, kwok)."""
