@@ -1,0 +1,135 @@
+"""Settings: one pydantic-settings class read from `KLUIS_*` variables and a secrets directory.
+
+Nothing here runs at import; the entry point calls `load_settings()` and passes the result down.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_KEY_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class Settings(BaseSettings):
+    """Everything Kluis can be configured with. Unsafe production settings fail validation."""
+
+    # Errors never echo input: a rejected value may be a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="KLUIS_", frozen=True, extra="forbid", hide_input_in_errors=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path(".kluis")
+    database_url: str | None = None
+    secret_key: SecretStr = SecretStr("")
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: LogLevel = LogLevel.INFO
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    cluster_dir: Path | None = None
+    public_url: str | None = None
+    allow_sqlite_in_production: bool = False
+
+    @field_validator("data_dir", "cluster_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolve against the working directory at start-up so a later chdir changes nothing.
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Self:
+        problems = self.unsafe_reasons()
+        if problems:
+            raise ValueError("unsafe configuration: " + "; ".join(problems))
+        return self
+
+    def unsafe_reasons(self) -> list[str]:
+        """Why this configuration must not start; empty when it may."""
+        if self.environment is not Environment.PRODUCTION:
+            return []
+        problems = []
+        if len(self.secret_key.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            problems.append(
+                f"KLUIS_SECRET_KEY must have at least {MIN_SECRET_KEY_LENGTH} characters "
+                "in production"
+            )
+        if self.is_sqlite and not self.allow_sqlite_in_production:
+            problems.append(
+                "SQLite is refused in production: set KLUIS_DATABASE_URL to PostgreSQL "
+                "(or KLUIS_ALLOW_SQLITE_IN_PRODUCTION=true for a single-node trial)"
+            )
+        return problems
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file `<data_dir>/kluis.db`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'kluis.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_cluster_dir(self) -> Path:
+        return self.cluster_dir or self.data_dir / "cluster"
+
+    @property
+    def effective_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment and, if `KLUIS_SECRETS_DIR` is set, from its files.
+
+    A file in the secrets directory is named like the variable (`kluis_secret_key`, any case).
+    Raises `pydantic.ValidationError` for invalid or unsafe configuration.
+    """
+    secrets_dir = os.environ.get("KLUIS_SECRETS_DIR")
+    if not secrets_dir:
+        return Settings()
+    path = Path(secrets_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"KLUIS_SECRETS_DIR={secrets_dir} is not a directory")
+    return Settings(_secrets_dir=path)
