@@ -1,0 +1,1 @@
+"""The HTTP interface: app factory, dependencies, error handling, middleware and routes."""

@@ -1,0 +1,127 @@
+"""The `kluis` command line: serve the API, migrate the database, and run a development stack."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator import __version__
+from orchestrator.api.app import DOCS_URL, create_app
+from orchestrator.config import Environment, Settings, load_settings
+from orchestrator.db import script_heads, upgrade_database
+from orchestrator.devcluster.cluster import ClusterError, LocalCluster
+from orchestrator.devcluster.commands import cluster_app
+from orchestrator.log import configure_logging
+
+app = typer.Typer(help="Kluis: secure remote-access research environment.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@app.callback()
+def load(ctx: typer.Context) -> None:
+    """Settings come from KLUIS_* variables and the files in KLUIS_SECRETS_DIR."""
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            field = f"KLUIS_{where.upper()}: " if where else ""
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(f"configuration error: {field}{message}", err=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings)
+    ctx.obj = settings
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _migrate(settings: Settings) -> None:
+    where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    try:
+        upgrade_database(settings)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: cannot migrate {where}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"database {where} is at {', '.join(sorted(script_heads()))} (head)")
+
+
+def _serve(settings: Settings) -> None:
+    # Our own middleware logs each request; uvicorn's loggers go through our handlers.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    migrate: Annotated[
+        bool | None,
+        typer.Option("--migrate/--no-migrate", help="Migrate first [default: only in development]"),
+    ] = None,
+) -> None:
+    """Serve the API."""
+    settings = _settings(ctx)
+    if migrate is None:
+        migrate = settings.environment is Environment.DEVELOPMENT
+    if migrate:
+        _migrate(settings)
+    _serve(settings)
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Upgrade the database schema to the newest migration."""
+    _migrate(_settings(ctx))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"kluis {__version__}")
+
+
+@app.command()
+def dev(ctx: typer.Context) -> None:
+    """Development stack: migrate, start the local Kubernetes control plane, serve the API."""
+    settings = _settings(ctx)
+    if settings.environment is not Environment.DEVELOPMENT:
+        typer.echo("error: `kluis dev` runs only with KLUIS_ENVIRONMENT=development", err=True)
+        raise typer.Exit(2)
+    _migrate(settings)
+    cluster = LocalCluster(settings.effective_cluster_dir)
+    typer.echo(f"starting the local Kubernetes control plane in {cluster.root} ...")
+    try:
+        cluster.up()
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        url = settings.effective_public_url
+        typer.echo(
+            f"Kluis is running: API {url} (docs {DOCS_URL}) · kubeconfig {cluster.kubeconfig}"
+        )
+        _serve(settings)
+    finally:
+        typer.echo("stopping the local Kubernetes control plane ...")
+        cluster.down()
+
+
+def main() -> None:
+    app()
