@@ -43,6 +43,8 @@ class _CurrentStderr:
 
 
 class LoggingSettings(Protocol):
+    """What logging needs of `Settings` (a Protocol: `log` and `config` are independent layers)."""
+
     @property
     def log_format(self) -> str: ...
 
