@@ -84,7 +84,9 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], what: str) -> str:
     return proc.stdout
 
 
-def _module_file(module: str, version: str, env: dict[str, str], cwd: Path) -> tuple[str, dict]:
+def _module_file(
+    module: str, version: str, env: dict[str, str], cwd: Path
+) -> tuple[str, dict[str, str]]:
     out = _run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
         cwd,
@@ -137,8 +139,18 @@ def _build_kubernetes(versions: Versions, work: Path, out: Path, env: dict[str, 
     build_date = info.get("Time", "1970-01-01T00:00:00Z")
     pkgs = [f"k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBE_COMMANDS]
     _run(
-        ["go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags",
-         _kube_ldflags(versions.kubernetes, build_date), "-o", str(out) + "/", *pkgs],
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-tags",
+            "grpcnotrace",
+            "-ldflags",
+            _kube_ldflags(versions.kubernetes, build_date),
+            "-o",
+            str(out) + "/",
+            *pkgs,
+        ],
         mod,
         env,
         f"compile {', '.join(KUBE_COMMANDS)} {versions.kubernetes} (cold: 10-25 min)",
@@ -154,32 +166,53 @@ def _build_etcd(versions: Versions, work: Path, out: Path, env: dict[str, str]) 
     )
     _run(["go", "mod", "tidy"], mod, env, "resolve etcd dependencies")
     _run(
-        ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"),
-         "go.etcd.io/etcd/server/v3"],
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
         mod,
         env,
         f"compile etcd {versions.etcd}",
     )
 
 
-def _go_install(module_cmd: str, version: str, out: Path, env: dict[str, str], work: Path,
-                ldflags: str = "-s -w") -> None:
+def _go_install(
+    module_cmd: str,
+    version: str,
+    out: Path,
+    env: dict[str, str],
+    work: Path,
+    ldflags: str = "-s -w",
+) -> None:
     env = {**env, "GOBIN": str(out)}
-    _run(["go", "install", "-trimpath", "-ldflags", ldflags, f"{module_cmd}@{version}"],
-         work, env, f"compile {module_cmd}@{version}")
+    _run(
+        ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module_cmd}@{version}"],
+        work,
+        env,
+        f"compile {module_cmd}@{version}",
+    )
 
 
 def _helm_ldflags(versions: Versions) -> str:
     # A go-installed helm assumes Kubernetes 1.20 for lint/template; tell it ours.
     major, minor = versions.kubernetes.removeprefix("v").split(".")[:2]
-    return " ".join([
-        "-s", "-w",
-        f"-X helm.sh/helm/v3/internal/version.version={versions.helm}",
-        f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor={major}",
-        f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={minor}",
-        f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major}",
-        f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}",
-    ])
+    return " ".join(
+        [
+            "-s",
+            "-w",
+            f"-X helm.sh/helm/v3/internal/version.version={versions.helm}",
+            f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor={major}",
+            f"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={minor}",
+            f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major}",
+            f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}",
+        ]
+    )
 
 
 def ensure_built(versions: Versions = PINNED, force: bool = False) -> Path:
@@ -203,8 +236,9 @@ def ensure_built(versions: Versions = PINNED, force: bool = False) -> Path:
     if not (staging / "kwok").is_file():
         _go_install("sigs.k8s.io/kwok/cmd/kwok", versions.kwok, staging, env, work)
     if not (staging / "helm").is_file():
-        _go_install("helm.sh/helm/v3/cmd/helm", versions.helm, staging, env, work,
-                    _helm_ldflags(versions))
+        _go_install(
+            "helm.sh/helm/v3/cmd/helm", versions.helm, staging, env, work, _helm_ldflags(versions)
+        )
     stamp = {
         "versions": asdict(versions),
         "recipe": RECIPE,

@@ -1,4 +1,4 @@
-"""Run the local Kubernetes control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+"""Run the local control plane: etcd, kube-apiserver, controller-manager, scheduler and kwok.
 
 Every process listens on 127.0.0.1 only, on free ports, with TLS and client certificates. The
 folder given to `LocalCluster` holds the PKI, kubeconfigs, etcd data, one log file per component
@@ -158,8 +158,12 @@ class LocalCluster:
         state: dict[str, Any] = {"ports": vars(ports), "pids": {}, "bin_dir": str(bins)}
         self._save_state(state)
         server = f"https://127.0.0.1:{ports.apiserver}"
-        for stem, user in (("admin", "kluis-admin"), ("controller-manager", "controller-manager"),
-                           ("scheduler", "scheduler"), ("kwok", "kwok")):
+        for stem, user in (
+            ("admin", "kluis-admin"),
+            ("controller-manager", "controller-manager"),
+            ("scheduler", "scheduler"),
+            ("kwok", "kwok"),
+        ):
             path = self.kubeconfig if stem == "admin" else self.root / f"{stem}.kubeconfig"
             pki.write_kubeconfig(path, pki.make_kubeconfig(self.pki, server, stem, user))
         deadline = time.monotonic() + timeout
@@ -168,7 +172,9 @@ class LocalCluster:
             self._wait("etcd", deadline, self._etcd_healthy)
             self._start(state, "kube-apiserver", self._apiserver_args(bins, ports))
             self._wait("kube-apiserver", deadline, self._apiserver_ready)
-            self._start(state, "kube-controller-manager", self._controller_manager_args(bins, ports))
+            self._start(
+                state, "kube-controller-manager", self._controller_manager_args(bins, ports)
+            )
             self._start(state, "kube-scheduler", self._scheduler_args(bins, ports))
             self._wait("kube-controller-manager", deadline, self._default_service_account)
             self._wait("kube-scheduler", deadline, lambda: self._component_healthy("scheduler"))
@@ -189,8 +195,11 @@ class LocalCluster:
         pids: dict[str, int] = state.get("pids", {})
         first = [n for n in ("kwok", "kube-scheduler", "kube-controller-manager") if n in pids]
         for group in (first, ["kube-apiserver"], ["etcd"]):
-            live = [pids[n] for n in group if n in pids and _alive(pids[n])
-                    and _owned(pids[n], self.root)]
+            live = [
+                pids[n]
+                for n in group
+                if n in pids and _alive(pids[n]) and _owned(pids[n], self.root)
+            ]
             for pid in live:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
@@ -218,7 +227,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             cwd=self.root,
             start_new_session=True,
-            preexec_fn=_die_with_parent if self.tie_to_parent else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if self.tie_to_parent else None,
         )
         log.close()
         state["pids"][name] = proc.pid
@@ -241,13 +250,22 @@ class LocalCluster:
         peer = f"http://127.0.0.1:{ports.etcd_peer}"
         p = self.pki
         return [
-            str(bins / "etcd"), "--name=kluis", f"--data-dir={self.root / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=kluis={peer}", "--initial-cluster-state=new",
-            f"--cert-file={p.cert('etcd-server')}", f"--key-file={p.key('etcd-server')}",
-            f"--trusted-ca-file={p.ca_cert}", "--client-cert-auth=true",
-            "--listen-metrics-urls=", "--unsafe-no-fsync=true", "--log-level=warn",
+            str(bins / "etcd"),
+            "--name=kluis",
+            f"--data-dir={self.root / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=kluis={peer}",
+            "--initial-cluster-state=new",
+            f"--cert-file={p.cert('etcd-server')}",
+            f"--key-file={p.key('etcd-server')}",
+            f"--trusted-ca-file={p.ca_cert}",
+            "--client-cert-auth=true",
+            "--listen-metrics-urls=",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
         ]
 
     def _apiserver_args(self, bins: Path, ports: Ports) -> list[str]:
@@ -258,9 +276,12 @@ class LocalCluster:
             f"--etcd-cafile={p.ca_cert}",
             f"--etcd-certfile={p.cert('apiserver-etcd-client')}",
             f"--etcd-keyfile={p.key('apiserver-etcd-client')}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={ports.apiserver}", f"--cert-dir={self.root / 'apiserver-certs'}",
-            f"--tls-cert-file={p.cert('apiserver')}", f"--tls-private-key-file={p.key('apiserver')}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--cert-dir={self.root / 'apiserver-certs'}",
+            f"--tls-cert-file={p.cert('apiserver')}",
+            f"--tls-private-key-file={p.key('apiserver')}",
             f"--client-ca-file={p.ca_cert}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p.path('sa.pub')}",
@@ -268,7 +289,9 @@ class LocalCluster:
             f"--service-cluster-ip-range={pki.SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
-            "--anonymous-auth=false", "--allow-privileged=false", "--profiling=false",
+            "--anonymous-auth=false",
+            "--allow-privileged=false",
+            "--profiling=false",
             # Loopback is not a valid endpoint for the in-cluster service; nothing uses it here.
             "--endpoint-reconciler-type=none",
             f"--encryption-provider-config={p.path('encryption.yaml')}",
@@ -279,33 +302,47 @@ class LocalCluster:
         p, kc = self.pki, str(self.root / "controller-manager.kubeconfig")
         return [
             str(bins / "kube-controller-manager"),
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
             f"--service-account-private-key-file={p.path('sa.key')}",
             f"--root-ca-file={p.ca_cert}",
-            f"--cluster-signing-cert-file={p.ca_cert}", f"--cluster-signing-key-file={p.ca_key}",
-            "--controllers=*", "--bind-address=127.0.0.1",
+            f"--cluster-signing-cert-file={p.ca_cert}",
+            f"--cluster-signing-key-file={p.ca_key}",
+            "--controllers=*",
+            "--bind-address=127.0.0.1",
             f"--secure-port={ports.controller_manager}",
             f"--cert-dir={self.root / 'controller-manager-certs'}",
-            "--profiling=false", "--v=1",
+            "--profiling=false",
+            "--v=1",
         ]
 
     def _scheduler_args(self, bins: Path, ports: Ports) -> list[str]:
         kc = str(self.root / "scheduler.kubeconfig")
         return [
             str(bins / "kube-scheduler"),
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}",
-            f"--cert-dir={self.root / 'scheduler-certs'}", "--profiling=false", "--v=1",
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.scheduler}",
+            f"--cert-dir={self.root / 'scheduler-certs'}",
+            "--profiling=false",
+            "--v=1",
         ]
 
     def _kwok_args(self, bins: Path, ports: Ports) -> list[str]:
         return [
-            str(bins / "kwok"), f"--kubeconfig={self.root / 'kwok.kubeconfig'}",
-            "--manage-all-nodes=true", f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1",
-            "--node-lease-duration-seconds=40", f"--server-address=127.0.0.1:{ports.kwok}",
+            str(bins / "kwok"),
+            f"--kubeconfig={self.root / 'kwok.kubeconfig'}",
+            "--manage-all-nodes=true",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{ports.kwok}",
         ]
 
     # -- health ----------------------------------------------------------------------------------
@@ -339,11 +376,17 @@ class LocalCluster:
                     "kind": "Node",
                     "metadata": {
                         "name": name,
-                        "annotations": {"kwok.x-k8s.io/node": "fake",
-                                        "node.alpha.kubernetes.io/ttl": "0"},
-                        "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                                   "kubernetes.io/hostname": name, "type": "kwok",
-                                   "kluis.io/devcluster": "true"},
+                        "annotations": {
+                            "kwok.x-k8s.io/node": "fake",
+                            "node.alpha.kubernetes.io/ttl": "0",
+                        },
+                        "labels": {
+                            "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64",
+                            "kubernetes.io/hostname": name,
+                            "type": "kwok",
+                            "kluis.io/devcluster": "true",
+                        },
                     },
                     "status": {
                         "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
@@ -358,9 +401,12 @@ class LocalCluster:
         with self._client() as client:
             items = client.get(f"{self.server}/api/v1/nodes").json().get("items", [])
         ready = [
-            n for n in items
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in n.get("status", {}).get("conditions", []))
+            n
+            for n in items
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
         ]
         return len(ready) >= self.nodes
 

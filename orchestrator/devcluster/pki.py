@@ -136,8 +136,13 @@ def _make_ca(pki: Pki) -> None:
     pki.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _issue(pki: Pki, stem: str, subject: x509.Name, usages: list[x509.ObjectIdentifier],
-           sans: list[x509.GeneralName] | None = None) -> None:
+def _issue(
+    pki: Pki,
+    stem: str,
+    subject: x509.Name,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName] | None = None,
+) -> None:
     ca_cert, ca_key = _load_ca(pki)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _sign(subject, key.public_key(), ca_cert, ca_key, usages, sans)
@@ -154,14 +159,23 @@ def ensure_pki(root: Path) -> Pki:
         _make_ca(pki)
     loopback = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
     if not pki.cert("apiserver").exists():
-        dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
-               "kubernetes.default.svc.cluster.local"]
+        dns = [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
         sans = [*loopback, x509.IPAddress(ipaddress.ip_address(FIRST_SERVICE_IP))]
         sans += [x509.DNSName(d) for d in dns]
         _issue(pki, "apiserver", _name("kube-apiserver"), [ExtendedKeyUsageOID.SERVER_AUTH], sans)
     if not pki.cert("etcd-server").exists():
-        _issue(pki, "etcd-server", _name("etcd"),
-               [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], loopback)
+        _issue(
+            pki,
+            "etcd-server",
+            _name("etcd"),
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            loopback,
+        )
     for stem, common_name, organisation in CLIENTS:
         if not pki.cert(stem).exists():
             _issue(pki, stem, _name(common_name, organisation), [ExtendedKeyUsageOID.CLIENT_AUTH])
@@ -179,13 +193,15 @@ def ensure_pki(root: Path) -> Pki:
         config = {
             "apiVersion": "apiserver.config.k8s.io/v1",
             "kind": "EncryptionConfiguration",
-            "resources": [{
-                "resources": ["secrets"],
-                "providers": [
-                    {"secretbox": {"keys": [{"name": "key1", "secret": secret}]}},
-                    {"identity": {}},
-                ],
-            }],
+            "resources": [
+                {
+                    "resources": ["secrets"],
+                    "providers": [
+                        {"secretbox": {"keys": [{"name": "key1", "secret": secret}]}},
+                        {"identity": {}},
+                    ],
+                }
+            ],
         }
         _write_private(pki.path("encryption.yaml"), yaml.safe_dump(config).encode())
     return pki
@@ -200,11 +216,21 @@ def make_kubeconfig(pki: Pki, server: str, stem: str, user: str) -> dict[str, ob
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kluis-dev", "cluster": {
-            "server": server, "certificate-authority-data": b64(pki.ca_cert)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(pki.cert(stem)),
-            "client-key-data": b64(pki.key(stem))}}],
+        "clusters": [
+            {
+                "name": "kluis-dev",
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(pki.cert(stem)),
+                    "client-key-data": b64(pki.key(stem)),
+                },
+            }
+        ],
         "contexts": [{"name": "kluis-dev", "context": {"cluster": "kluis-dev", "user": user}}],
         "current-context": "kluis-dev",
     }

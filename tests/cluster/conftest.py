@@ -23,8 +23,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     if reuse:
         existing = LocalCluster(Path(reuse))
         if any(state != "healthy" for state in existing.status().values()):
-            pytest.fail(f"KLUIS_TEST_CLUSTER_DIR={reuse} is not a healthy cluster: "
-                        f"{existing.status()}")
+            pytest.fail(
+                f"KLUIS_TEST_CLUSTER_DIR={reuse} is not a healthy cluster: {existing.status()}"
+            )
         yield existing
         return
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), tie_to_parent=True)
@@ -52,8 +53,9 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
         for mode in ("enforce", "audit", "warn"):
             labels[f"pod-security.kubernetes.io/{mode}"] = level
             labels[f"pod-security.kubernetes.io/{mode}-version"] = "v1.36"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name,
-                                                                          labels=labels)))
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
     yield name
     try:
         core.delete_namespace(name)

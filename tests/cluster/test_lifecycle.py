@@ -45,9 +45,19 @@ def test_cluster_commands_up_status_kubeconfig_down(tmp_path: Path) -> None:
         status = runner.invoke(cluster_app, ["status", "--dir", directory, "--json"])
         path = runner.invoke(cluster_app, ["kubeconfig", "--dir", directory]).output.strip()
         nodes = subprocess.run(
-            [str(build.bin_dir() / "kubectl"), "--kubeconfig", path, "get", "nodes",
-             "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}"],
-            capture_output=True, text=True, check=True)
+            [
+                str(build.bin_dir() / "kubectl"),
+                "--kubeconfig",
+                path,
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         again = runner.invoke(cluster_app, ["up", "--dir", directory])
         pids = list(json.loads((tmp_path / "c" / "state.json").read_text())["pids"].values())
     finally:
@@ -75,8 +85,9 @@ def test_cluster_processes_die_with_crashed_test_run(tmp_path: Path) -> None:
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    owner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c")],
-                             stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "c")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert owner.stdout is not None
         assert owner.stdout.readline().strip() == "ready"

@@ -1,0 +1,28 @@
+"""`make bench`: run every benchmark, print a table, write bench-results/<name>.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench import devcluster
+
+BENCHMARKS = {"devcluster": devcluster.run}
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or list(BENCHMARKS)
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    for name in wanted:
+        result = BENCHMARKS[name]()
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        print(f"\n== {name}")
+        for key, value in result["metrics"].items():
+            print(f"  {key:<45} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
