@@ -14,6 +14,56 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_KEY_LENGTH = 32
+# Used only in development/test when no key is set: never valid in production.
+DEVELOPMENT_SECRET_KEY = "kluis-development-only-insecure-key-do-not-use"  # noqa: S105
+
+# EU/EEA members plus countries with an EU adequacy decision (GDPR art. 45), ISO 3166-1 alpha-2.
+ADEQUATE_COUNTRIES = [
+    "AT",
+    "BE",
+    "BG",
+    "HR",
+    "CY",
+    "CZ",
+    "DK",
+    "EE",
+    "FI",
+    "FR",
+    "DE",
+    "GR",
+    "HU",
+    "IE",
+    "IT",
+    "LV",
+    "LT",
+    "LU",
+    "MT",
+    "NL",
+    "PL",
+    "PT",
+    "RO",
+    "SK",
+    "SI",
+    "ES",
+    "SE",
+    "IS",
+    "LI",
+    "NO",
+    "AD",
+    "AR",
+    "CA",
+    "CH",
+    "FO",
+    "GB",
+    "GG",
+    "IL",
+    "IM",
+    "JE",
+    "JP",
+    "KR",
+    "NZ",
+    "UY",
+]
 
 
 class Environment(StrEnum):
@@ -56,6 +106,22 @@ class Settings(BaseSettings):
     public_url: str | None = None
     allow_sqlite_in_production: bool = False
 
+    # --- identity and access (defaults follow SPEC.md and OWASP ASVS level 2) ---
+    adequate_countries: list[str] = Field(default_factory=lambda: list(ADEQUATE_COUNTRIES))
+    max_authorisation_years: Annotated[int, Field(ge=1, le=10)] = 3
+    trusted_proxies: list[str] = Field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
+    seed_encryption_key: SecretStr | None = None  # default: derived from secret_key
+    totp_drift_steps: Annotated[int, Field(ge=0, le=2)] = 1  # also accept this many steps back
+    software_tokens_enabled: bool = False
+    session_idle_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
+    session_absolute_hours: Annotated[int, Field(ge=1, le=24 * 7)] = 12
+    stepup_max_age_minutes: Annotated[int, Field(ge=1, le=60)] = 5
+    cookie_secure: bool = True  # off only for local http development
+    login_failures_per_account_hour: Annotated[int, Field(ge=5, le=100)] = 100
+    login_failures_per_source_hour: Annotated[int, Field(ge=5, le=10000)] = 300
+    activation_link_hours: Annotated[int, Field(ge=1, le=24 * 14)] = 72
+    api_token_max_days: Annotated[int, Field(ge=1, le=3650)] = 365
+
     @field_validator("data_dir", "cluster_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -93,6 +159,8 @@ class Settings(BaseSettings):
                 f"KLUIS_SECRET_KEY must have at least {MIN_SECRET_KEY_LENGTH} characters "
                 "in production"
             )
+        if not self.cookie_secure:
+            problems.append("KLUIS_COOKIE_SECURE=false is refused in production")
         if self.is_sqlite and not self.allow_sqlite_in_production:
             problems.append(
                 "SQLite is refused in production: set KLUIS_DATABASE_URL to PostgreSQL "
@@ -110,6 +178,16 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_secret_key(self) -> str:
+        """The secret key; outside production a fixed development key when none is set."""
+        key = self.secret_key.get_secret_value()
+        if key:
+            return key
+        if self.environment is Environment.PRODUCTION:
+            raise ValueError("KLUIS_SECRET_KEY is required in production")
+        return DEVELOPMENT_SECRET_KEY
 
     @property
     def effective_cluster_dir(self) -> Path:
