@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export KLUIS_DATA_DIR ?= $(CURDIR)/.kluis
 
-.PHONY: help dev test test-fast lint bench cluster-build postgres clean clean-cache
+.PHONY: help dev test test-fast lint bench cluster-build postgres system-packages clean clean-cache
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy (strict) and import-linter con
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(STAMP) cluster-build lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
+system-packages: ## Install the Debian packages the tests need (only the missing ones)
+	@.ci/system-packages
+
+test: system-packages $(STAMP) cluster-build lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
 	KLUIS_TEST_POSTGRES_URL="$$(.ci/postgres)" KLUIS_REQUIRE_POSTGRES=1 $(BIN)/pytest
 
 test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick feedback only)
