@@ -15,6 +15,7 @@ from orchestrator.models import (
     TokenState,
     TotpToken,
     User,
+    UserSession,
     UserStatus,
 )
 
@@ -83,3 +84,18 @@ def make_token(
     session.add(token)
     session.flush()
     return token
+
+
+def make_user_session(session: Session, user: User) -> UserSession:
+    """An open login session, written directly (as if the user had logged in)."""
+    now = datetime.now(UTC)
+    row = UserSession(
+        secret_hash=secrets.token_hex(32),
+        user_id=user.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=12),
+    )
+    session.add(row)
+    session.flush()
+    return row
