@@ -170,8 +170,10 @@ def test_accounts_fullwidth_username_collides_after_nfkc(
 ) -> None:
     new_researcher(db_session, settings, username="john")
 
+    fullwidth_john = "\uff2a\uff4f\uff48\uff4e"
+
     with pytest.raises(Conflict, match="taken"):
-        new_researcher(db_session, settings, username="\uff2a\uff4f\uff48\uff4e")  # "Ｊｏｈｎ"
+        new_researcher(db_session, settings, username=fullwidth_john)
 
 
 def test_accounts_cyrillic_lookalike_username_refused(
