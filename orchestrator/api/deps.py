@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.apitokens import effective_scopes, find_api_token
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
+from orchestrator.errors import AuthFailed
+from orchestrator.login import client_address
+from orchestrator.models import ApiToken, User, UserSession, utcnow
+from orchestrator.policy import scopes_for_role
+from orchestrator.sessions import check_csrf, find_session
 
 
 def get_settings(request: Request) -> Settings:
@@ -36,3 +44,118 @@ def get_session(request: Request) -> Iterator[Session]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+SESSION_COOKIE = "kluis_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FORM_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def get_now() -> datetime:
+    """The current time; tests override this dependency to move the clock."""
+    return utcnow()
+
+
+NowDep = Annotated[datetime, Depends(get_now)]
+
+
+def session_cookie_name(settings: Settings) -> str:
+    """`__Host-kluis_session`: the prefix makes browsers insist on Secure, Path=/ and no Domain,
+    so no sibling host can set or shadow it. Browsers refuse that prefix without Secure, so local
+    http development (`cookie_secure=False`) uses the plain name."""
+    return f"__Host-{SESSION_COOKIE}" if settings.cookie_secure else SESSION_COOKIE
+
+
+def request_source(request: Request, settings: Settings) -> str:
+    """The client's address, honouring `X-Forwarded-For` only from trusted proxies."""
+    peer = request.client.host if request.client is not None else ""
+    return client_address(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user with either a browser session or an API token, and the scopes the
+    call carries (a session carries everything the role allows; a token, what it was given)."""
+
+    user: User
+    session: UserSession | None = None
+    api_token: ApiToken | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+async def submitted_csrf_token(request: Request) -> str | None:
+    """The CSRF token of an unsafe request: the header, or else the portal's form field."""
+    if request.method in SAFE_METHODS:
+        return None
+    header = request.headers.get(CSRF_HEADER)
+    if header is not None:
+        return header
+    if request.headers.get("content-type", "").startswith(FORM_TYPES):
+        value = (await request.form()).get(CSRF_FORM_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _authenticate(
+    request: Request, session: Session, settings: Settings, now: datetime, csrf: str | None
+) -> Principal | None:
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthFailed("Unsupported authorization scheme: use Bearer with an API token.")
+        token = find_api_token(session, credentials.strip(), now)
+        if token is None:
+            raise AuthFailed("Invalid, expired or revoked API token.")
+        # Bearer tokens are not sent by browsers on their own: no CSRF check needed.
+        return Principal(token.user, None, token, effective_scopes(token, token.user))
+    secret = request.cookies.get(session_cookie_name(settings))
+    if not secret:
+        return None
+    user_session = find_session(session, secret, settings, now)
+    if user_session is None:
+        return None
+    if request.method not in SAFE_METHODS:
+        check_csrf(settings, user_session, csrf)
+    user = user_session.user
+    return Principal(user, user_session, None, scopes_for_role(user.role))
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    csrf: Annotated[str | None, Depends(submitted_csrf_token)],
+) -> Principal:
+    """Authenticate by session cookie or `Authorization: Bearer kluis_...`; 401 otherwise.
+
+    Cookie-authenticated unsafe requests must carry the session's CSRF token (403 otherwise).
+    """
+    principal = _authenticate(request, session, settings, now, csrf)
+    if principal is None:
+        raise AuthFailed("Not logged in, or the session has ended.")
+    return principal
+
+
+def get_optional_principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    csrf: Annotated[str | None, Depends(submitted_csrf_token)],
+) -> Principal | None:
+    """Like `get_principal`, but `None` for an anonymous caller or an ended session. Invalid
+    bearer tokens and failed CSRF checks are still refused: they are never "anonymous"."""
+    return _authenticate(request, session, settings, now, csrf)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.errors import KluisError
+from orchestrator.errors import KluisError, TooManyRequests
 
 
 def error_response(
@@ -39,7 +39,10 @@ def status_code_name(status_code: int) -> str:
 
 async def handle_kluis_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KluisError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    headers = {}
+    if isinstance(exc, TooManyRequests) and "retry_after" in exc.details:
+        headers["Retry-After"] = str(int(exc.details["retry_after"]))  # RFC 9110 section 10.2.3
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
 
 async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
