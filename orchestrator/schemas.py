@@ -4,11 +4,11 @@ area of the API."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.models import Role
+from orchestrator.models import Role, TokenKind, TokenState, UserStatus
 
 # --- authentication ------------------------------------------------------------------------------
 # Limits are generous for real input and small enough that hostile input is refused before any
@@ -102,3 +102,228 @@ class ApiTokenCreatedRead(ApiTokenRead):
 
 
 # --- end of authentication -----------------------------------------------------------------------
+
+
+# --- administration ------------------------------------------------------------------------------
+# Institutions, accounts, tokens and the audit trail. Field limits refuse hostile sizes early (422
+# in the common error shape); the domain modules apply the exact rules with messages that say why.
+
+DatabaseId = Annotated[int, Field(ge=1, le=2_147_483_647)]
+Reason = Annotated[str, Field(max_length=500)]
+
+
+class InstitutionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    country: str = Field(min_length=1, max_length=8)
+    authorised_from: date
+    authorised_until: date
+    allowed_networks: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class InstitutionUpdate(BaseModel):
+    """Only the fields given change. `version` is the version last read (optimistic locking)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2_147_483_647)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    country: str | None = Field(default=None, min_length=1, max_length=8)
+    authorised_from: date | None = None
+    authorised_until: date | None = None
+    allowed_networks: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=50
+    )
+
+
+class InstitutionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    country: str
+    authorised_from: date
+    authorised_until: date
+    allowed_networks: list[str]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class InstitutionPage(BaseModel):
+    items: list[InstitutionRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=256)
+    email: str = Field(min_length=1, max_length=320)
+    full_name: str = Field(min_length=1, max_length=400)
+    role: Role
+    institution_id: DatabaseId | None = None
+
+
+class UserUpdate(BaseModel):
+    """Only the fields given change. Role and status changes need a recent step-up; `reason` is
+    required to suspend or close. `version` (optional) is the version last read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, le=2_147_483_647)
+    full_name: str | None = Field(default=None, min_length=1, max_length=400)
+    email: str | None = Field(default=None, min_length=1, max_length=320)
+    institution_id: DatabaseId | None = None
+    role: Role | None = None
+    status: UserStatus | None = None
+    reason: Reason | None = None
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    full_name: str
+    role: Role
+    status: UserStatus
+    institution_id: int | None
+    statement_signed_at: datetime | None
+    statement_valid_until: date | None
+    created_at: datetime
+    status_changed_at: datetime | None
+    version: int
+
+
+class UserPage(BaseModel):
+    items: list[UserRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class ActivationLinkRead(BaseModel):
+    """Shown once: the link holds a secret that is stored only as a hash."""
+
+    activation_url: str
+    expires_at: datetime
+
+
+class UserCreatedRead(BaseModel):
+    user: UserRead
+    activation: ActivationLinkRead
+
+
+class ActivationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class StatementCreate(BaseModel):
+    """A signed confidentiality statement; `valid_until` defaults to one year after signing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signed_at: datetime
+    valid_until: date | None = None
+
+
+class TokenRead(BaseModel):
+    """A token without its seed (the seed never leaves the server after import)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    serial: str
+    kind: TokenKind
+    algorithm: str
+    digits: int
+    period: int
+    state: TokenState
+    user_id: int | None
+    source: str
+    imported_at: datetime
+    loaned_at: datetime | None
+    returned_at: datetime | None
+    lost_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenPage(BaseModel):
+    items: list[TokenRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class TokenImportRead(BaseModel):
+    imported: int
+    serials: list[str]
+
+
+class TokenAssignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: DatabaseId
+
+
+class TokenRevokeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason = ""
+
+
+class TokenEnrolmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: DatabaseId
+
+
+class TokenEnrolmentRead(BaseModel):
+    """Shown once: the URI and QR code carry the seed."""
+
+    token: TokenRead
+    provisioning_uri: str
+    qr_svg: str
+
+
+class AuditEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    at: datetime
+    actor_id: int | None
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    source: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditVerifyRead(BaseModel):
+    ok: bool
+    checked: int
+    first_broken_seq: int | None
+    reason: str
+
+
+# --- end of administration -----------------------------------------------------------------------
