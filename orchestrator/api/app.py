@@ -18,6 +18,7 @@ from orchestrator.api.handlers import install_error_handlers
 from orchestrator.api.middleware import RequestContextMiddleware, security_headers
 from orchestrator.config import Environment, Settings
 from orchestrator.db import make_engine, make_sessionmaker
+from orchestrator.web.portal import install_portal
 
 OPENAPI_URL = "/api/openapi.json"
 DOCS_URL = "/api/docs"
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.environment is not Environment.PRODUCTION:
         # Not in production: third-party script on the API's origin is not worth the risk there.
         app.add_api_route(DOCS_URL, _swagger_ui, include_in_schema=False)
+    install_portal(app, settings)
     return app
 
 

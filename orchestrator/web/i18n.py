@@ -1,0 +1,254 @@
+"""The portal's languages: English message ids with their Dutch text, and which language a request
+gets (the `lang` cookie first, then `Accept-Language`, else English).
+
+`_()` is gettext-shaped so the catalogue can move to real `.po` files without touching templates.
+A message id missing from `DUTCH` shows in English; a test keeps every id used in templates and
+pages translated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+ENGLISH = "en"
+DUTCH_CODE = "nl"
+LANGUAGES: Mapping[str, str] = {ENGLISH: "English", DUTCH_CODE: "Nederlands"}
+DEFAULT_LANGUAGE = ENGLISH
+LANG_COOKIE = "lang"
+
+Translate = Callable[..., str]
+
+DUTCH: Mapping[str, str] = {
+    # frame
+    "Skip to main content": "Direct naar de inhoud",
+    "Main menu": "Hoofdmenu",
+    "My account": "Mijn account",
+    "Institutions": "Instellingen",
+    "Accounts": "Accounts",
+    "Tokens": "Tokens",
+    "Log out": "Uitloggen",
+    "Language": "Taal",
+    "Kluis: secure remote access to research data": (
+        "Kluis: veilige toegang op afstand tot onderzoeksdata"
+    ),
+    "Signed in as %(name)s": "Ingelogd als %(name)s",
+    # login and activation
+    "Log in": "Inloggen",
+    "Username": "Gebruikersnaam",
+    "Password": "Wachtwoord",
+    "Code": "Code",
+    "The 6 or 8 digits your token shows now.": "De 6 of 8 cijfers die uw token nu toont.",
+    "Log in with your password and the code of your personal token.": (
+        "Log in met uw wachtwoord en de code van uw persoonlijke token."
+    ),
+    "Login failed. Check your username, password and code, then try again.": (
+        "Inloggen mislukt. Controleer uw gebruikersnaam, wachtwoord en code en probeer het opnieuw."
+    ),
+    "Too many attempts. Wait a moment before you try again.": (
+        "Te veel pogingen. Wacht even voordat u het opnieuw probeert."
+    ),
+    "This form has expired. Please try again.": "Dit formulier is verlopen. Probeer het opnieuw.",
+    "You have been logged out.": "U bent uitgelogd.",
+    "Please log in.": "Log in a.u.b.",
+    "Set your password": "Stel uw wachtwoord in",
+    "New password": "Nieuw wachtwoord",
+    "Repeat the new password": "Herhaal het nieuwe wachtwoord",
+    "At least 12 characters. A few unrelated words make a good password.": (
+        "Minstens 12 tekens. Een paar losse woorden vormen een goed wachtwoord."
+    ),
+    "Set password": "Wachtwoord instellen",
+    "The two passwords differ.": "De twee wachtwoorden verschillen.",
+    "Your password is set. You can now log in with it and your token.": (
+        "Uw wachtwoord is ingesteld. U kunt nu inloggen met dit wachtwoord en uw token."
+    ),
+    "This activation link is invalid, used or expired. Ask the data steward for a new one.": (
+        "Deze activeringslink is ongeldig, al gebruikt of verlopen. "
+        "Vraag de datasteward om een nieuwe."
+    ),
+    # step-up
+    "Confirm with your token": "Bevestig met uw token",
+    "This change needs a fresh code from your token.": (
+        "Voor deze wijziging is een nieuwe code van uw token nodig."
+    ),
+    "Confirm": "Bevestigen",
+    "The code was not accepted.": "De code is niet geaccepteerd.",
+    "Confirmed. You can make changes for the next few minutes.": (
+        "Bevestigd. U kunt de komende minuten wijzigingen doen."
+    ),
+    # account
+    "Account": "Account",
+    "Name": "Naam",
+    "E-mail": "E-mail",
+    "Role": "Rol",
+    "Status": "Status",
+    "Institution": "Instelling",
+    "Confidentiality statement": "Geheimhoudingsverklaring",
+    "Signed on %(date)s, valid until %(until)s.": "Getekend op %(date)s, geldig tot %(until)s.",
+    "Valid": "Geldig",
+    "Expired": "Verlopen",
+    "Not signed": "Niet getekend",
+    "No valid statement: you cannot log in after this session until it is renewed.": (
+        "Geen geldige verklaring: na deze sessie kunt u pas weer inloggen als die is vernieuwd."
+    ),
+    "My token": "Mijn token",
+    "Serial": "Serienummer",
+    "Kind": "Soort",
+    "State": "Toestand",
+    "On loan since": "In bruikleen sinds",
+    "You have no token on loan.": "U heeft geen token in bruikleen.",
+    "My sessions": "Mijn sessies",
+    "Started": "Gestart",
+    "Last active": "Laatst actief",
+    "From": "Vanaf",
+    "Browser": "Browser",
+    "This session": "Deze sessie",
+    "End": "Beëindigen",
+    "End session started %(when)s": "Sessie gestart op %(when)s beëindigen",
+    "Log out everywhere": "Overal uitloggen",
+    "Ends every session of yours, this one included.": ("Beëindigt al uw sessies, ook deze."),
+    "The session has been ended.": "De sessie is beëindigd.",
+    # admin: common
+    "Actions": "Acties",
+    "Save": "Opslaan",
+    "Create": "Aanmaken",
+    "none": "geen",
+    "yes": "ja",
+    "no": "nee",
+    "Nothing here yet.": "Nog niets hier.",
+    "Saved.": "Opgeslagen.",
+    # admin: institutions
+    "New institution": "Nieuwe instelling",
+    "Country": "Land",
+    "Authorised from": "Gemachtigd vanaf",
+    "Authorised until": "Gemachtigd tot",
+    "Authorisation": "Machtiging",
+    "Allowed networks": "Toegestane netwerken",
+    "One CIDR per line, for example 192.0.2.0/24. Empty: any network.": (
+        "Eén CIDR per regel, bijvoorbeeld 192.0.2.0/24. Leeg: elk netwerk."
+    ),
+    "any network": "elk netwerk",
+    "Researchers": "Onderzoekers",
+    "At most %(years)s years.": "Hoogstens %(years)s jaar.",
+    # admin: accounts
+    "New account": "Nieuw account",
+    "Full name": "Volledige naam",
+    "Lower case letters, digits, dots, dashes and underscores.": (
+        "Kleine letters, cijfers, punten, streepjes en liggende streepjes."
+    ),
+    "(staff: no institution)": "(medewerker: geen instelling)",
+    "Account created": "Account aangemaakt",
+    "Give this link to %(name)s. It is shown only now and works once, until %(until)s.": (
+        "Geef deze link aan %(name)s. Hij wordt alleen nu getoond en werkt één keer, tot %(until)s."
+    ),
+    "Activation link": "Activeringslink",
+    "Back to accounts": "Terug naar accounts",
+    "Statement valid until": "Verklaring geldig tot",
+    "Record statement": "Verklaring vastleggen",
+    "Signed on": "Getekend op",
+    "Valid until": "Geldig tot",
+    "Change status": "Status wijzigen",
+    "New status": "Nieuwe status",
+    "New activation link": "Nieuwe activeringslink",
+    "Token": "Token",
+    # admin: tokens
+    "Import tokens (PSKC)": "Tokens importeren (PSKC)",
+    "PSKC file": "PSKC-bestand",
+    "Pre-shared key (hex), only for encrypted files": (
+        "Vooraf gedeelde sleutel (hex), alleen voor versleutelde bestanden"
+    ),
+    "Import": "Importeren",
+    "%(count)s tokens imported.": "%(count)s tokens geïmporteerd.",
+    "Assign a token": "Een token uitlenen",
+    "Token in stock": "Token op voorraad",
+    "To account": "Aan account",
+    "Assign": "Uitlenen",
+    "No tokens in stock.": "Geen tokens op voorraad.",
+    "Holder": "Houder",
+    "Changed": "Gewijzigd",
+    "Returned": "Teruggebracht",
+    "Lost": "Kwijt",
+    "Revoke": "Intrekken",
+    "Token %(serial)s": "Token %(serial)s",
+    # states and roles (shown from enums)
+    "pending": "wacht op activering",
+    "active": "actief",
+    "suspended": "geschorst",
+    "closed": "gesloten",
+    "in_stock": "op voorraad",
+    "on_loan": "in bruikleen",
+    "returned": "teruggebracht",
+    "lost": "kwijt",
+    "revoked": "ingetrokken",
+    "hardware": "hardware",
+    "software": "software",
+    "researcher": "onderzoeker",
+    "data_steward": "datasteward",
+    "output_checker": "outputcontroleur",
+    "ops": "beheer",
+    # errors
+    "Bad request": "Ongeldig verzoek",
+    "Not allowed": "Niet toegestaan",
+    "Not found": "Niet gevonden",
+    "Conflict": "Conflict",
+    "Invalid input": "Ongeldige invoer",
+    "Too many requests": "Te veel verzoeken",
+    "Something went wrong": "Er ging iets mis",
+    "Service unavailable": "Dienst niet beschikbaar",
+    "You may not do this.": "Dit mag u niet doen.",
+    "This page does not exist.": "Deze pagina bestaat niet.",
+    "Someone else changed this at the same time. Reload the page and try again.": (
+        "Iemand anders wijzigde dit tegelijk. Laad de pagina opnieuw en probeer het nog eens."
+    ),
+    "Some fields are missing or invalid.": "Sommige velden ontbreken of zijn ongeldig.",
+    "Please wait a moment and try again.": "Wacht even en probeer het opnieuw.",
+    "An unexpected error occurred. It has been logged; quote reference %(ref)s.": (
+        "Er trad een onverwachte fout op. Die is gelogd; vermeld referentie %(ref)s."
+    ),
+    "The service is temporarily unavailable. Please try again later.": (
+        "De dienst is tijdelijk niet beschikbaar. Probeer het later opnieuw."
+    ),
+    "Go to the start page": "Naar de startpagina",
+    "Back": "Terug",
+}
+
+CATALOGUES: Mapping[str, Mapping[str, str]] = {ENGLISH: {}, DUTCH_CODE: DUTCH}
+
+
+def translator(language: str) -> Translate:
+    """`_` for one language: `_("Signed in as %(name)s", name=user)`; unknown ids stay English."""
+    catalogue = CATALOGUES.get(language, {})
+
+    def _(message: str, **values: Any) -> str:
+        text = catalogue.get(message, message)
+        return text % values if values else text
+
+    return _
+
+
+def parse_accept_language(header: str) -> list[str]:
+    """Primary language tags by preference (RFC 9110 §12.5.4): `nl-NL,en;q=0.5` → `[nl, en]`."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(header.split(",")[:20]):
+        tag, _sep, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _eq, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        primary = tag.strip().split("-")[0].lower()
+        if primary and quality > 0:
+            ranked.append((-quality, position, primary))
+    return [tag for _q, _p, tag in sorted(ranked)]
+
+
+def choose_language(cookie: str | None, accept_language: str | None) -> str:
+    if cookie is not None and cookie in LANGUAGES:
+        return cookie
+    for tag in parse_accept_language(accept_language or ""):
+        if tag in LANGUAGES:
+            return tag
+    return DEFAULT_LANGUAGE
