@@ -129,3 +129,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def isolated_engine(unmigrated_settings: Settings) -> Iterator[tuple[Settings, Engine]]:
+    """A migrated database of this test's own (a SQLite file or a PostgreSQL schema) whose
+    sessions really commit: for tests of concurrent transactions, which the rolled-back
+    `db_session` cannot show."""
+    upgrade_database(unmigrated_settings)
+    engine = make_engine(unmigrated_settings)
+    yield unmigrated_settings, engine
+    engine.dispose()
