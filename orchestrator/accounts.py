@@ -146,8 +146,9 @@ def list_users(
     stmt = select(User)
     if viewer is not None:
         stmt = policy.visible_users(stmt, viewer)
+    query = _printable(query or "")[:MAX_INPUT_LENGTH].strip().lower()
     if query:
-        pattern = "%" + _escape_like(query.strip().lower()[:MAX_INPUT_LENGTH]) + "%"
+        pattern = "%" + _escape_like(query) + "%"
         stmt = stmt.where(
             or_(
                 func.lower(User.username).like(pattern, escape="\\"),
@@ -164,6 +165,11 @@ def list_users(
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     items = session.scalars(stmt.order_by(User.username).limit(limit).offset(offset)).all()
     return list(items), total
+
+
+def _printable(text: str) -> str:
+    """`text` without control characters (PostgreSQL refuses NUL in text parameters)."""
+    return "".join(char for char in text if not unicodedata.category(char).startswith("C"))
 
 
 def _escape_like(text: str) -> str:
@@ -381,7 +387,8 @@ def activate_account(
 # --- changes by staff -----------------------------------------------------------------------------
 
 
-def _check_version(user: User, version: int | None) -> None:
+def check_version(user: User, version: int | None) -> None:
+    """`Conflict` when the caller read another version than the current one (optimistic lock)."""
     if version is not None and version != user.version:
         raise Conflict(
             f"The account was changed by someone else since you read version {version} "
@@ -404,7 +411,7 @@ def update_profile(
 ) -> dict[str, list[Any]]:
     """Change name, e-mail or (for researchers) institution; returns the changes made."""
     now = now or utcnow()
-    _check_version(user, version)
+    check_version(user, version)
     new: dict[str, Any] = {}
     if full_name is not None:
         new["full_name"] = clean_full_name(full_name)
@@ -451,7 +458,7 @@ def change_role(
     """
     now = now or utcnow()
     policy.authorize_role_grant(actor, user, role)
-    _check_version(user, version)
+    check_version(user, version)
     if role is user.role:
         return False
     if role in STAFF_ROLES:
@@ -501,7 +508,7 @@ def set_status(
     """
     now = now or utcnow()
     policy.authorize_status_change(actor, user)
-    _check_version(user, version)
+    check_version(user, version)
     if status is UserStatus.PENDING:
         raise Invalid(
             "An account becomes pending only when it is created.",

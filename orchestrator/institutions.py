@@ -94,7 +94,10 @@ def clean_country(value: str, settings: Settings) -> str:
 
 
 def add_years(day: date, years: int) -> date:
-    """The same calendar day `years` later; 29 February becomes 28 February."""
+    """The same calendar day `years` later; 29 February becomes 28 February; `date.max` when
+    that is past the calendar's end (year 9999)."""
+    if day.year + years > date.max.year:
+        return date.max
     try:
         return day.replace(year=day.year + years)
     except ValueError:

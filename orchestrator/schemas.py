@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from orchestrator.models import Role, TokenKind, TokenState, UserStatus
 
@@ -233,7 +233,7 @@ class StatementCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    signed_at: datetime
+    signed_at: AwareDatetime
     valid_until: date | None = None
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestrator import audit, policy, sessions, totp
+from orchestrator.accounts import clean_reason
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, KluisError, NotFound
 from orchestrator.models import (
@@ -229,7 +230,7 @@ def import_pskc(
             f"{len(existing)} serials are in the inventory already; nothing was imported.",
             {"duplicates": sorted(existing)},
         )
-    name = source.strip()[:MAX_SOURCE_LENGTH]
+    name = "".join(c for c in source if c.isprintable()).strip()[:MAX_SOURCE_LENGTH]
     tokens = [
         TotpToken(
             serial=key.serial,
@@ -469,7 +470,7 @@ def revoke_token(
         actor=actor,
         source=source,
         now=now or utcnow(),
-        details={"reason": reason.strip()[:500]},
+        details={"reason": clean_reason(reason, required=False)},
     )
 
 

@@ -3,9 +3,9 @@ the caller's API tokens. Who may do what beyond "who is this" is `policy`'s busi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy import select
 
 from orchestrator import apitokens, login, sessions
@@ -41,6 +41,8 @@ REFUSED: dict[int | str, dict[str, Any]] = {
     403: {"description": "Missing CSRF token, or step-up required."},
 }
 USER_AGENT_LENGTH = 200
+# Row ids fit a 32-bit integer; larger path values are refused before reaching the database.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def _me(principal: Principal) -> MeRead:
@@ -185,7 +187,7 @@ def list_sessions(
 
 @router.delete("/sessions/{session_id}", status_code=204, responses={**REFUSED, 404: {}})
 def end_session(
-    session_id: int,
+    session_id: RowId,
     principal: CurrentPrincipal,
     request: Request,
     response: Response,
@@ -258,7 +260,7 @@ def list_tokens(principal: CurrentPrincipal, session: SessionDep) -> list[ApiTok
 
 @router.delete("/tokens/{token_id}", status_code=204, responses={**REFUSED, 404: {}})
 def revoke_token(
-    token_id: int,
+    token_id: RowId,
     principal: CurrentPrincipal,
     request: Request,
     session: SessionDep,

@@ -9,14 +9,25 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+from factories import MadeUser, make_user
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    sync_playwright,
+)
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from orchestrator.api.deps import session_cookie_name
 from orchestrator.config import Settings
 from orchestrator.db import make_engine
+from orchestrator.sessions import open_session
 
 from .live import CHROMIUM, CHROMIUM_ARGS, bind_loopback, portal_settings, postgres_schema, serve
 
@@ -118,3 +129,27 @@ def page(browser: Browser, portal: Portal, console: Console) -> Iterator[Page]:
     page.on("console", console.record)
     yield page
     context.close()
+
+
+# --- arranging ------------------------------------------------------------------------------------
+
+
+def seed_user(portal: Portal, **options: Any) -> MadeUser:
+    """A committed user who can log in (see `factories.make_user` for the options)."""
+    with portal.session() as session:
+        made = make_user(session, portal.settings, **options)
+        session.commit()
+    return made
+
+
+def sign_in(context: BrowserContext, portal: Portal, made: MadeUser, *, stepped_up: bool) -> None:
+    """Give the context a live session of `made` without spending a code (each code works once,
+    so a test that needs a second code later cannot log in through the form first)."""
+    with portal.session() as session:
+        row, secret = open_session(session, made.user, "127.0.0.1", "test", portal.settings)
+        if stepped_up:
+            row.stepped_up_at = row.created_at
+        session.commit()
+    context.add_cookies(
+        [{"name": session_cookie_name(portal.settings), "value": secret, "url": portal.url}]
+    )
