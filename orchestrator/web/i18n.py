@@ -212,7 +212,16 @@ DUTCH: Mapping[str, str] = {
     "Back": "Terug",
 }
 
-CATALOGUES: Mapping[str, Mapping[str, str]] = {ENGLISH: {}, DUTCH_CODE: DUTCH}
+# Enum values are message ids too; these read better in English than the raw value.
+ENGLISH_LABELS: Mapping[str, str] = {
+    "in_stock": "in stock",
+    "on_loan": "on loan",
+    "data_steward": "data steward",
+    "output_checker": "output checker",
+    "ops": "operations",
+}
+
+CATALOGUES: Mapping[str, Mapping[str, str]] = {ENGLISH: ENGLISH_LABELS, DUTCH_CODE: DUTCH}
 
 
 def translator(language: str) -> Translate:

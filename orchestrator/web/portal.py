@@ -113,7 +113,10 @@ def error_page(request: Request, exc: Exception) -> Response:
     title, default = _PAGES.get(status, (HTTPStatus(status).phrase, ""))
     reference = structlog.contextvars.get_contextvars().get("request_id", "")
     message = _(detail) if detail else _(default, ref=reference) if "%(" in default else _(default)
-    back = request.url.path if isinstance(exc, PresessionTokenInvalid) else section(request)
+    # After a failed form: back to its page. After a failed page: to the start.
+    back = section(request) if request.method == "POST" else "/"
+    if isinstance(exc, PresessionTokenInvalid):
+        back = request.url.path
     context = {
         "title": _(title),
         "message": message,
