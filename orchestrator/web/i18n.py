@@ -151,7 +151,20 @@ DUTCH: Mapping[str, str] = {
     "New status": "Nieuwe status",
     "New activation link": "Nieuwe activeringslink",
     "Token": "Token",
+    "Search": "Zoeken",
+    "Reason": "Reden",
+    "Empty: one year after signing.": "Leeg: een jaar na ondertekening.",
+    "Reset password": "Wachtwoord opnieuw instellen",
+    "The current password stops working and every session of this account ends.": (
+        "Het huidige wachtwoord vervalt en alle sessies van dit account worden beëindigd."
+    ),
+    "Pages": "Pagina's",
+    "Previous page": "Vorige pagina",
+    "Next page": "Volgende pagina",
     # admin: tokens
+    "all": "alle",
+    "Show": "Tonen",
+    "Back in stock": "Terug op voorraad",
     "Import tokens (PSKC)": "Tokens importeren (PSKC)",
     "PSKC file": "PSKC-bestand",
     "Pre-shared key (hex), only for encrypted files": (
@@ -209,6 +222,13 @@ DUTCH: Mapping[str, str] = {
         "De dienst is tijdelijk niet beschikbaar. Probeer het later opnieuw."
     ),
     "Go to the start page": "Naar de startpagina",
+    # messages of the domain layer that reach the portal's pages most often
+    "Missing or invalid CSRF token: reload the page and try again.": (
+        "Ontbrekend of ongeldig CSRF-token: laad de pagina opnieuw en probeer het nog eens."
+    ),
+    "Too many failed attempts: try again later.": (
+        "Te veel mislukte pogingen: probeer het later opnieuw."
+    ),
     "Back": "Terug",
 }
 

@@ -1,0 +1,102 @@
+"""Screenshots of the portal's key pages for the docs, taken in real Chromium from a live server
+with a few demo rows: `.venv/bin/python docs/screenshots/make.py` (rewrites the PNGs here).
+
+Uses the browser tests' helpers (`tests/browser/live.py`) and factories, on a throwaway SQLite
+database; needs Debian's `chromium`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent / "tests"))
+
+from browser.conftest import Portal, sign_in  # noqa: E402
+from browser.live import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    bind_loopback,
+    portal_settings,
+    serve,
+)
+from factories import make_institution, make_totp_token, make_user  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from orchestrator.db import make_engine  # noqa: E402
+from orchestrator.models import Role, TokenState, UserStatus  # noqa: E402
+
+WIDTH, HEIGHT = 1024, 720
+
+
+def seed(portal: Portal) -> dict[str, object]:
+    """Demo rows: two institutions, a steward, researchers, tokens in several states."""
+    with portal.session() as session:
+        today = datetime.now(UTC).date()
+        uni = make_institution(session, name="Example University", country="NL")
+        make_institution(
+            session,
+            name="Institut Exemple",
+            country="BE",
+            authorised_until=today + timedelta(days=700),
+            allowed_networks=["192.0.2.0/24", "2001:db8::/32"],
+        )
+        steward = make_user(session, portal.settings, username="s.steward", role=Role.DATA_STEWARD)
+        steward.user.full_name = "Sam Steward"
+        researcher = make_user(session, portal.settings, username="j.devries", institution=uni)
+        researcher.user.full_name = "Jan de Vries"
+        researcher.user.email = "j.devries@example.org"
+        for name, full in (("a.jansen", "Anna Jansen"), ("m.bakker", "Mohammed Bakker")):
+            other = make_user(session, portal.settings, username=name, institution=uni)
+            other.user.full_name = full
+        pending = make_user(
+            session,
+            portal.settings,
+            username="l.visser",
+            institution=uni,
+            with_token=False,
+            status=UserStatus.PENDING,
+            password=None,
+        )
+        pending.user.full_name = "Lotte Visser"
+        for number in range(3):
+            make_totp_token(session, portal.settings, serial=f"FT-2026-{number + 101:05d}")
+        make_totp_token(session, portal.settings, serial="FT-2025-00042", state=TokenState.LOST)
+        session.commit()
+    return {"steward": steward, "researcher": researcher}
+
+
+def main() -> None:
+    sock = bind_loopback()
+    host, port = sock.getsockname()[:2]
+    settings = portal_settings(Path(tempfile.mkdtemp()), f"http://{host}:{port}")
+    with serve(settings, sock) as url, sync_playwright() as driver:
+        portal = Portal(url, settings, make_engine(settings))
+        people = seed(portal)
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        shots = [
+            ("login.png", None, "/login", WIDTH),
+            ("login-320px.png", None, "/login", 320),
+            ("account.png", "researcher", "/account", WIDTH),
+            ("admin-users.png", "steward", "/admin/users", WIDTH),
+            ("admin-tokens.png", "steward", "/admin/tokens", WIDTH),
+        ]
+        for name, who, path, width in shots:
+            context = browser.new_context(
+                base_url=url, viewport={"width": width, "height": HEIGHT}, locale="en-GB"
+            )
+            if who is not None:
+                sign_in(context, portal, people[who], stepped_up=True)  # type: ignore[arg-type]
+            page = context.new_page()
+            page.goto(path)
+            page.screenshot(path=str(HERE / name), full_page=True)
+            context.close()
+            print(HERE / name)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
