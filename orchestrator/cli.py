@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import __version__
+from orchestrator import __version__, admin_commands
 from orchestrator.api.app import DOCS_URL, create_app
 from orchestrator.config import Environment, Settings, load_settings
 from orchestrator.db import script_heads, upgrade_database
@@ -20,6 +20,12 @@ from orchestrator.log import configure_logging
 
 app = typer.Typer(help="Kluis: secure remote-access research environment.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(admin_commands.users_app, name="users")
+app.add_typer(admin_commands.tokens_app, name="tokens")
+app.add_typer(admin_commands.institutions_app, name="institutions")
+app.add_typer(admin_commands.audit_app, name="audit")
+app.command("demo-data")(admin_commands.demo_data)
+app.command("demo-code")(admin_commands.demo_code)
 
 
 @app.callback()

@@ -223,7 +223,8 @@ def authorize_role_grant(actor: User | None, target: User | None, role: Role) ->
         raise Forbidden("Nobody may change their own role; ask another data steward.")
     if role is Role.OPS or (target is not None and target.role is Role.OPS):
         raise Forbidden(
-            "Accounts with the ops role are created and changed only with the `kluis` command."
+            "Accounts with the ops role are created and changed only by the system "
+            "(the `kluis` command line, without --as)."
         )
 
 
@@ -235,7 +236,8 @@ def authorize_status_change(actor: User | None, target: User) -> None:
         raise Forbidden("Nobody may change the status of their own account.")
     if target.role is Role.OPS:
         raise Forbidden(
-            "Accounts with the ops role are suspended and closed only with the `kluis` command."
+            "Accounts with the ops role are suspended and closed only by the system "
+            "(the `kluis` command line, without --as)."
         )
 
 
