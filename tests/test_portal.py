@@ -13,7 +13,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from orchestrator.api.deps import session_cookie_name
+from orchestrator.api.app import create_app
+from orchestrator.api.deps import get_session, session_cookie_name
 from orchestrator.config import Settings
 from orchestrator.models import Role, TokenKind, TokenState, UserStatus
 from orchestrator.sessions import open_session
@@ -294,3 +295,53 @@ def test_staff_creates_account_and_sees_link_once(
     listing = browser_client.get("/admin/users").text
     assert "new.steward" in listing
     assert "activate?secret" not in listing
+
+
+def test_software_token_enrolment_shows_qr_code_once(
+    db_session: Session, db_settings: Settings
+) -> None:
+    settings = db_settings.model_copy(update={"software_tokens_enabled": True})
+    app = create_app(settings)
+    app.dependency_overrides[get_session] = lambda: db_session
+    steward = make_user(db_session, settings, role=Role.DATA_STEWARD)
+    researcher = make_user(db_session, settings, with_token=False)
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
+        sign_in(client, db_session, settings, steward)
+        page = client.get(f"/admin/users/{researcher.user.id}")
+        token = CSRF_FIELD.search(page.text)
+        assert token is not None
+
+        response = client.post(
+            f"/admin/users/{researcher.user.id}/software-token",
+            data={"csrf_token": token.group(1)},
+        )
+        again = client.get(f"/admin/users/{researcher.user.id}")
+
+    assert response.status_code == 200
+    assert 'src="data:image/svg+xml;base64,' in response.text
+    assert "otpauth://totp/" in response.text
+    assert "otpauth://" not in again.text
+    assert "Enrol a software token" not in again.text  # one token per account
+
+
+def test_login_throttled_shows_the_form_with_429(
+    browser_client: TestClient, db_session: Session, db_settings: Settings
+) -> None:
+    made = make_user(db_session, db_settings)
+    statuses = []
+    for _attempt in range(10):
+        token = CSRF_FIELD.search(browser_client.get("/login").text)
+        assert token is not None
+        answer = browser_client.post(
+            "/login",
+            data={"csrf_token": token.group(1), "username": made.username, "password": "wrong"},
+        )
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            break
+
+    assert statuses[-1] == 429
+    assert set(statuses[:-1]) == {401}
+    assert "Too many attempts" in answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+    assert '<form class="stack narrow" method="post" action="/login"' in answer.text

@@ -161,6 +161,18 @@ DUTCH: Mapping[str, str] = {
     "Pages": "Pagina's",
     "Previous page": "Vorige pagina",
     "Next page": "Volgende pagina",
+    "Software token": "Softwaretoken",
+    "For an authenticator app instead of a hardware token. The QR code is shown once.": (
+        "Voor een authenticator-app in plaats van een hardwaretoken. "
+        "De QR-code wordt één keer getoond."
+    ),
+    "Enrol a software token": "Een softwaretoken registreren",
+    "Let %(name)s scan this code with an authenticator app now. It is shown only once.": (
+        "Laat %(name)s deze code nu scannen met een authenticator-app. "
+        "Hij wordt maar één keer getoond."
+    ),
+    "QR code of software token %(serial)s": "QR-code van softwaretoken %(serial)s",
+    "Or enter this in the app": "Of voer dit in de app in",
     # admin: tokens
     "all": "alle",
     "Show": "Tonen",

@@ -84,7 +84,9 @@ def create_institution(
     authorised_until: Day = "",
     allowed_networks: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
-    confirm_change(session, settings, principal, code, now, Action.INSTITUTION_MANAGE)
+    confirm_change(
+        session, settings, principal, code, now, Action.INSTITUTION_MANAGE, sensitive=False
+    )
     institutions.create_institution(
         session,
         settings,
@@ -154,7 +156,7 @@ def create_user(
     role: Annotated[str, Form(max_length=32)] = "",
     institution_id: Annotated[str, Form(max_length=12)] = "",
 ) -> Response:
-    confirm_change(session, settings, principal, code, now, Action.USER_CREATE)
+    confirm_change(session, settings, principal, code, now, Action.USER_CREATE, sensitive=False)
     if role not in {choice.value for choice in CREATABLE_ROLES}:
         raise Invalid("Choose one of the roles offered.", {"field": "role"})
     user, secret = accounts.create_account(
@@ -197,6 +199,7 @@ def user_page(
     user_id: int,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     principal: StaffPrincipal,
     now: NowDep,
 ) -> Response:
@@ -212,6 +215,8 @@ def user_page(
         "statuses": [status for status in STATUS_CHOICES if status is not user.status],
         "today": now.date(),
         "may_change": reaches_all(principal.user, Action.USER_DISABLE),
+        "may_enrol": settings.software_tokens_enabled
+        and reaches_all(principal.user, Action.TOKEN_ENROL),
     }
     return render(request, "admin_user.html", context, principal=principal)
 
@@ -230,7 +235,9 @@ def change_status(
     version: Annotated[int | None, Form()] = None,
 ) -> Response:
     user = accounts.get_user(session, user_id)
-    confirm_change(session, settings, principal, code, now, Action.USER_DISABLE, user)
+    confirm_change(
+        session, settings, principal, code, now, Action.USER_DISABLE, user, sensitive=True
+    )
     if status not in {choice.value for choice in STATUS_CHOICES}:
         raise Invalid("Choose one of the statuses offered.", {"field": "status"})
     accounts.set_status(
@@ -259,7 +266,9 @@ def record_statement(
     valid_until: Day = "",
 ) -> Response:
     user = accounts.get_user(session, user_id)
-    confirm_change(session, settings, principal, code, now, Action.USER_STATEMENT, user)
+    confirm_change(
+        session, settings, principal, code, now, Action.USER_STATEMENT, user, sensitive=False
+    )
     signed = parse_day(signed_on, "signed_on")
     # A day, not a moment: noon UTC, or now when signed today, so it is never "in the future".
     signed_at = min(datetime.combine(signed, time(12), tzinfo=UTC), now)
@@ -287,7 +296,9 @@ def new_activation_link(
 ) -> Response:
     """A pending account gets a fresh link; an active one a password reset (old password ends)."""
     user = accounts.get_user(session, user_id)
-    confirm_change(session, settings, principal, code, now, Action.USER_RESET_PASSWORD, user)
+    confirm_change(
+        session, settings, principal, code, now, Action.USER_RESET_PASSWORD, user, sensitive=True
+    )
     source = request_source(request, settings)
     if user.status is UserStatus.PENDING:
         secret = accounts.issue_activation_link(

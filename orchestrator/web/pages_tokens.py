@@ -7,6 +7,7 @@ the code itself whenever the session has not stepped up recently.
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta
 from typing import Annotated
 from urllib.parse import urlencode
@@ -98,7 +99,7 @@ def import_tokens(
     pskc: Annotated[UploadFile | None, File()] = None,
     psk: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    confirm_change(session, settings, principal, code, now, Action.TOKEN_IMPORT)
+    confirm_change(session, settings, principal, code, now, Action.TOKEN_IMPORT, sensitive=True)
     if pskc is None or not pskc.filename:
         raise Invalid("Choose a PSKC file to import.", {"field": "pskc"})
     data = pskc.file.read(tokens.MAX_PSKC_BYTES + 1)
@@ -132,7 +133,9 @@ def assign_token(
     token = tokens.find_token_by_serial(session, serial)
     if token is None:
         raise NotFound("Token not found.")
-    confirm_change(session, settings, principal, code, now, Action.TOKEN_ASSIGN, token)
+    confirm_change(
+        session, settings, principal, code, now, Action.TOKEN_ASSIGN, token, sensitive=False
+    )
     user = accounts.find_user_by_username(session, username)
     if user is None:
         raise NotFound("User not found.")
@@ -159,7 +162,10 @@ def move_token(
     to: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     token = tokens.get_token(session, token_id)
-    confirm_change(session, settings, principal, code, now, Action.TOKEN_REVOKE, token)
+    revoking = to == TokenState.REVOKED
+    confirm_change(
+        session, settings, principal, code, now, Action.TOKEN_REVOKE, token, sensitive=revoking
+    )
     source = request_source(request, settings)
     actor = principal.user
     if to == TokenState.RETURNED:
@@ -173,3 +179,40 @@ def move_token(
     else:
         raise Invalid("Choose one of the changes offered.", {"field": "to"})
     return redirect("/admin/tokens?done=saved")
+
+
+@router.post("/admin/users/{user_id}/software-token")
+def enrol_software_token(
+    user_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: FormPrincipal,
+    now: NowDep,
+    code: StepUpCode,
+) -> Response:
+    """A software token for an account without one; its QR code is shown here, once."""
+    user = accounts.get_user(session, user_id)
+    confirm_change(
+        session, settings, principal, code, now, Action.TOKEN_ENROL, user, sensitive=True
+    )
+    enrolment = tokens.enrol_software_token(
+        session,
+        settings,
+        user,
+        actor=principal.user,
+        source=request_source(request, settings),
+        now=now,
+    )
+    _ = translator(request_language(request))
+    # As an image, not inline SVG: the QR code's markup is not ours to vouch for under the CSP.
+    qr = base64.b64encode(enrolment.qr_svg.encode()).decode("ascii")
+    context = {
+        "title": _("Software token"),
+        "nav": "users",
+        "account": user,
+        "serial": enrolment.token.serial,
+        "qr_data_uri": f"data:image/svg+xml;base64,{qr}",
+        "uri": enrolment.provisioning_uri,
+    }
+    return render(request, "admin_enrolment.html", context, principal=principal)

@@ -1,7 +1,7 @@
 """What every staff page shares: who may open it, how a change is confirmed with a fresh code
 (step-up), and the prompt that asks for that code.
 
-A change needs both the role (`policy.authorize`) and a step-up of at most
+A change needs the role (`policy.authorize`); a sensitive one also a step-up of at most
 `stepup_max_age_minutes`. A form may carry the code itself (`stepup_code`); if it does not and the
 session has not stepped up recently, `StepUpRequired` brings up the prompt, which posts the same
 fields again with the code added, so nothing typed is lost. Forms with a file cannot be carried:
@@ -62,12 +62,17 @@ def confirm_change(
     now: datetime,
     action: Action,
     obj: object | None = None,
+    *,
+    sensitive: bool,
 ) -> None:
-    """Allow a staff change or raise: the role first (403/404), then the step-up (prompt)."""
+    """Allow a staff change or raise: the role first (403/404), then, for a sensitive change,
+    the step-up (prompt). Sensitive are the changes the API also steps up for: status and role
+    changes, password resets, token import, software enrolment and revocation."""
     policy.authorize(principal.user, action, obj)
     if code and principal.session is not None:
         step_up(session, principal.session, principal.user, code, settings, now)
-    require_recent_step_up(principal.session, settings, now)
+    if sensitive:
+        require_recent_step_up(principal.session, settings, now)
 
 
 async def step_up_prompt(request: Request, exc: KluisError) -> Response:

@@ -68,16 +68,16 @@ def test_staff_creates_account_and_activation_sets_password(
         assert user.password_hash is not None
 
 
-def test_staff_change_without_recent_step_up_asks_for_a_code(page: Page, portal: Portal) -> None:
+def test_staff_sensitive_change_without_recent_step_up_asks_for_a_code(
+    page: Page, portal: Portal
+) -> None:
     steward = seed_user(portal, role=Role.DATA_STEWARD)
-    username = f"staff-{secrets.token_hex(4)}"
+    researcher = seed_user(portal)
     sign_in(page.context, portal, steward, stepped_up=False)
-    page.goto("/admin/users")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Full name").fill("Output Checker")
-    page.get_by_label("E-mail").fill("checker@example.org")
-    page.get_by_label("Role").select_option("output_checker")
-    page.get_by_role("button", name="Create").click()
+    page.goto(f"/admin/users/{researcher.user.id}")
+    page.get_by_label("New status").select_option("suspended")
+    page.get_by_label("Reason").fill("left the project")
+    page.get_by_role("button", name="Change status").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Confirm with your token")
 
     page.get_by_label("Code").fill(steward.code(steps=10))
@@ -86,8 +86,12 @@ def test_staff_change_without_recent_step_up_asks_for_a_code(page: Page, portal:
 
     page.get_by_label("Code").fill(steward.code())
     page.get_by_role("button", name="Confirm").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Activation link")
-    expect(page.locator("main")).to_contain_text("Output Checker")
+    expect(page.get_by_role("status")).to_have_text("Saved.")
+    expect(page.locator("main")).to_contain_text("suspended")
+    with portal.session() as session:
+        user = session.get(User, researcher.user.id)
+        assert user is not None
+        assert user.status is UserStatus.SUSPENDED
 
 
 def plain_pskc(serial: str, seed: bytes) -> bytes:
