@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import MadeUser, make_user
+from factories import MadeUser, make_institution, make_user
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -345,3 +345,36 @@ def test_login_throttled_shows_the_form_with_429(
     assert "Too many attempts" in answer.text
     assert int(answer.headers["retry-after"]) >= 1
     assert '<form class="stack narrow" method="post" action="/login"' in answer.text
+
+
+def test_institution_edit_with_a_stale_version_is_a_409_page(
+    browser_client: TestClient, db_session: Session, db_settings: Settings
+) -> None:
+    sign_in(
+        browser_client,
+        db_session,
+        db_settings,
+        make_user(db_session, db_settings, role=Role.DATA_STEWARD),
+    )
+    institution = make_institution(db_session)
+    form = browser_client.get(f"/admin/institutions/{institution.id}").text
+    token = CSRF_FIELD.search(form)
+    assert token is not None
+    institution.name = "Renamed meanwhile"
+    db_session.flush()  # someone else saved first: the version moved on
+
+    response = browser_client.post(
+        f"/admin/institutions/{institution.id}",
+        data={
+            "csrf_token": token.group(1),
+            "version": "1",
+            "name": "Mine",
+            "country": "NL",
+            "authorised_from": institution.authorised_from.isoformat(),
+            "authorised_until": institution.authorised_until.isoformat(),
+        },
+    )
+
+    assert response.status_code == 409
+    assert "reload it and apply your change again" in response.text
+    assert 'href="/admin/institutions"' in response.text

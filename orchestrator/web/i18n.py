@@ -130,6 +130,8 @@ DUTCH: Mapping[str, str] = {
     "any network": "elk netwerk",
     "Researchers": "Onderzoekers",
     "At most %(years)s years.": "Hoogstens %(years)s jaar.",
+    "Change institution": "Instelling wijzigen",
+    "Back to institutions": "Terug naar instellingen",
     # admin: accounts
     "New account": "Nieuw account",
     "Full name": "Volledige naam",

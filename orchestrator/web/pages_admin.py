@@ -1,5 +1,6 @@
 """Staff pages for institutions and accounts: lists, creating (an account's activation link is
-shown once, on the page that answers the form), and changes (status, statement, new link).
+shown once, on the page that answers the form), and changes (an institution's authorisation and
+networks; an account's status, statement, new link).
 
 Every change goes through `staff.confirm_change` (role, then step-up) and redirects back with a
 notice; failures of the domain rules (`Invalid`, `Conflict`) come back as an error page.
@@ -97,6 +98,71 @@ def create_institution(
         allowed_networks=[line for line in allowed_networks.splitlines() if line.strip()],
         actor=principal.user,
         source=request_source(request, settings),
+    )
+    return redirect("/admin/institutions?done=saved")
+
+
+@router.get("/admin/institutions/{institution_id}")
+def institution_page(
+    institution_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: StaffPrincipal,
+) -> Response:
+    authorize_page(principal, Action.INSTITUTION_MANAGE)
+    institution = institutions.get_institution(session, institution_id)
+    _ = translator(request_language(request))
+    context = {
+        "title": institution.name,
+        "nav": "institutions",
+        "item": institution,
+        "countries": sorted(settings.adequate_countries),
+        "max_years": settings.max_authorisation_years,
+    }
+    return render(request, "admin_institution.html", context, principal=principal)
+
+
+@router.post("/admin/institutions/{institution_id}")
+def update_institution(
+    institution_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: FormPrincipal,
+    now: NowDep,
+    code: StepUpCode,
+    version: Annotated[int, Form()],
+    name: Text = "",
+    country: Annotated[str, Form(max_length=8)] = "",
+    authorised_from: Day = "",
+    authorised_until: Day = "",
+    allowed_networks: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    """Optimistic locking: the form carries the version it showed; a concurrent edit is a 409."""
+    institution = institutions.get_institution(session, institution_id)
+    confirm_change(
+        session,
+        settings,
+        principal,
+        code,
+        now,
+        Action.INSTITUTION_MANAGE,
+        institution,
+        sensitive=False,
+    )
+    institutions.update_institution(
+        session,
+        settings,
+        institution,
+        version=version,
+        actor=principal.user,
+        source=request_source(request, settings),
+        name=name,
+        country=country,
+        authorised_from=parse_day(authorised_from, "authorised_from"),
+        authorised_until=parse_day(authorised_until, "authorised_until"),
+        allowed_networks=[line for line in allowed_networks.splitlines() if line.strip()],
     )
     return redirect("/admin/institutions?done=saved")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from datetime import date, timedelta
 
 import pytest
 from factories import make_institution
@@ -152,3 +153,31 @@ def test_researcher_cannot_open_staff_pages(page: Page, portal: Portal) -> None:
         expect(page.get_by_role("heading", level=1)).to_have_text("Not allowed")
     page.goto("/account")
     expect(page.get_by_role("navigation", name="Main menu")).to_have_text("My account")
+
+
+def test_staff_creates_and_extends_an_institution(page: Page, portal: Portal) -> None:
+    steward = seed_user(portal, role=Role.DATA_STEWARD)
+    name = f"Hogeschool Voorbeeld {secrets.token_hex(3)}"
+    sign_in(page.context, portal, steward, stepped_up=True)
+    page.goto("/admin/institutions")
+    today = date.today()
+
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Country").select_option("NL")
+    page.get_by_label("Authorised from").fill(today.isoformat())
+    page.get_by_label("Authorised until").fill((today + timedelta(days=365)).isoformat())
+    page.get_by_label("Allowed networks").fill("192.0.2.0/24\n198.51.100.7/32")
+    page.get_by_role("button", name="Create").click()
+
+    expect(page.get_by_role("status")).to_have_text("Saved.")
+    row = page.get_by_role("row").filter(has_text=name)
+    expect(row).to_contain_text("Valid")
+    expect(row).to_contain_text("192.0.2.0/24, 198.51.100.7/32")
+
+    row.get_by_role("link", name=name).click()
+    later = today + timedelta(days=700)
+    page.get_by_label("Authorised until").fill(later.isoformat())
+    page.get_by_role("button", name="Save").click()
+
+    expect(page.get_by_role("status")).to_have_text("Saved.")
+    expect(page.get_by_role("row").filter(has_text=name)).to_contain_text(later.isoformat())
