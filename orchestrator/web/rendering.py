@@ -196,7 +196,11 @@ def render(
 
 
 def portal_headers(language: str) -> dict[str, str]:
-    return {"Content-Security-Policy": PORTAL_CSP, "Content-Language": language, "Vary": "Cookie"}
+    return {
+        "Content-Security-Policy": PORTAL_CSP,
+        "Content-Language": language,
+        "Vary": "Cookie, Accept-Language",
+    }
 
 
 def _here(request: Request) -> str:
