@@ -78,15 +78,16 @@ def main() -> None:
         people = seed(portal)
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         shots = [
-            ("login.png", None, "/login", WIDTH),
-            ("login-320px.png", None, "/login", 320),
-            ("account.png", "researcher", "/account", WIDTH),
-            ("admin-users.png", "steward", "/admin/users", WIDTH),
-            ("admin-tokens.png", "steward", "/admin/tokens", WIDTH),
+            ("login.png", None, "/login", WIDTH, "en-GB"),
+            ("login-320px.png", None, "/login", 320, "en-GB"),
+            ("account.png", "researcher", "/account", WIDTH, "en-GB"),
+            ("account-320px-nl.png", "researcher", "/account", 320, "nl-NL"),
+            ("admin-users.png", "steward", "/admin/users", WIDTH, "en-GB"),
+            ("admin-tokens.png", "steward", "/admin/tokens", WIDTH, "en-GB"),
         ]
-        for name, who, path, width in shots:
+        for name, who, path, width, locale in shots:
             context = browser.new_context(
-                base_url=url, viewport={"width": width, "height": HEIGHT}, locale="en-GB"
+                base_url=url, viewport={"width": width, "height": HEIGHT}, locale=locale
             )
             if who is not None:
                 sign_in(context, portal, people[who], stepped_up=True)  # type: ignore[arg-type]
