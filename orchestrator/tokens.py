@@ -49,9 +49,19 @@ ALLOWED_DIGITS = (6, 7, 8)
 MIN_PERIOD, MAX_PERIOD = 10, 300
 SERIAL_PATTERN = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII without spaces
 PSK_LENGTHS = (16, 24, 32)  # AES-128, -192, -256
+# Seed encryption accepted (XML Encryption names): AES-CBC (with a MAC, checked below) and AES key
+# wrap (RFC 3394, integrity built in). Triple DES and others are refused.
+CIPHERS = frozenset(
+    {"aes128-cbc", "aes192-cbc", "aes256-cbc", "kw-aes128", "kw-aes192", "kw-aes256"}
+)
 # Hash names as they appear in Suite / HashAlgorithm values, most specific first.
 HASHES = (("SHA512", "SHA512"), ("SHA256", "SHA256"), ("SHA1", "SHA1"))
 QR_SCALE = 4
+
+
+# What python-pskc raises for malformed content besides its own errors (int(), base64, dates, the
+# cipher's IV length): a hostile file must get a 422, never a 500.
+MALFORMED: tuple[type[Exception], ...] = (ValueError, TypeError, ArithmeticError, LookupError)
 
 
 class PayloadTooLarge(KluisError):
@@ -143,6 +153,8 @@ def read_pskc(data: bytes, psk_hex: str | None = None) -> list[PskcKey]:
         container = PSKC(io.BytesIO(data))
     except PSKCError as exc:
         raise _refuse(f"The file is not a PSKC key container: {exc}.") from None
+    except MALFORMED as exc:  # python-pskc parses numbers, dates and base64 as it reads
+        raise _refuse(f"The file has a malformed value ({type(exc).__name__}).") from None
     if key_bytes is not None:
         container.encryption.key = key_bytes
     keys = list(container.keys)
@@ -159,6 +171,9 @@ def read_pskc(data: bytes, psk_hex: str | None = None) -> list[PskcKey]:
             read.append(_read_key(key, serial, key_bytes is not None))
         except Invalid as exc:
             problems.append({"serial": label, "problem": exc.message})
+        except (PSKCError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
+            problem = f"malformed key data ({type(exc).__name__})"
+            problems.append({"serial": label, "problem": problem})
     if problems:
         raise _refuse(
             f"{len(problems)} of {len(keys)} keys cannot be imported; nothing was imported.",
@@ -185,13 +200,17 @@ def _read_key(key: Any, serial: str, have_psk: bool) -> PskcKey:
         raise Invalid("codes must be decimal")
     digits = key.response_length or 6
     if digits not in ALLOWED_DIGITS:
-        raise Invalid(f"{digits} digits; only 6, 7 or 8 are supported")
+        shown = digits if isinstance(digits, int) and abs(digits) < 10**6 else "too many"
+        raise Invalid(f"{shown} digits; only 6, 7 or 8 are supported")
     try:
         period = key.time_interval or 30
         encrypted = getattr(key, "_secret", None)  # python-pskc keeps the undecrypted value here
         if getattr(encrypted, "cipher_value", None) is not None:
-            cbc = str(getattr(encrypted, "algorithm", "") or "").endswith("-cbc")
-            if cbc and not getattr(encrypted, "mac_value", None):
+            named = getattr(encrypted, "algorithm", None) or key.device.pskc.encryption.algorithm
+            cipher = str(named or "").rsplit("#", 1)[-1].lower()
+            if cipher not in CIPHERS:
+                raise Invalid(f"seed encryption {cipher[:40]!r} is not supported (AES only)")
+            if cipher.endswith("-cbc") and not getattr(encrypted, "mac_value", None):
                 raise Invalid("the encrypted seed has no MAC (ValueMAC), so it cannot be trusted")
         seed = key.secret
     except DecryptionError:

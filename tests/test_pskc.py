@@ -255,3 +255,63 @@ def test_pskc_suite_names_map_to_hashes() -> None:
     assert tokens._hash_name("HashAlgorithm=SHA-512") == "SHA512"
     assert tokens._hash_name("hmac-sha256") == "SHA256"
     assert tokens._hash_name("SHA3-256") is None
+
+
+TEMPLATE = """<?xml version="1.0"?>
+<KeyContainer xmlns="urn:ietf:params:xml:ns:keyprov:pskc" Version="1.0"><KeyPackage>
+ <DeviceInfo><SerialNo>S1</SerialNo><StartDate>{date}</StartDate></DeviceInfo>
+ <Key Id="1" Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp">
+  <AlgorithmParameters><ResponseFormat Length="{length}" Encoding="DECIMAL"/></AlgorithmParameters>
+  <Data><Secret><PlainValue>{secret}</PlainValue></Secret>
+   <TimeInterval><PlainValue>{interval}</PlainValue></TimeInterval></Data>
+ </Key></KeyPackage></KeyContainer>"""
+GOOD = {
+    "date": "2026-01-01T00:00:00Z",
+    "length": "6",
+    "secret": "MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=",
+    "interval": "30",
+}
+
+
+def test_pskc_hand_written_template_is_valid(db_session: Session, settings: Settings) -> None:
+    (token,) = tokens.import_pskc(
+        db_session, settings, TEMPLATE.format(**GOOD).encode(), source="t.pskc"
+    )
+
+    assert totp.decrypt_seed(settings, token.seed_encrypted) == b"12345678901234567890"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"date": "not a date"},
+        {"length": "abc"},
+        {"length": "9" * 5000},
+        {"secret": "!!!not base64"},
+        {"secret": ""},
+        {"interval": "abc"},
+        {"interval": "-30"},
+    ],
+    ids=["date", "length", "huge-length", "base64", "empty-secret", "interval", "negative"],
+)
+def test_pskc_malformed_values_refused_not_crashing(
+    db_session: Session, settings: Settings, bad: dict[str, str]
+) -> None:
+    data = TEMPLATE.format(**{**GOOD, **bad}).encode()
+
+    with pytest.raises(Invalid) as caught:
+        tokens.import_pskc(db_session, settings, data, source="m.pskc")
+
+    assert len(caught.value.message) < 200
+    assert token_count(db_session) == 0
+
+
+def test_pskc_triple_des_refused(db_session: Session, settings: Settings) -> None:
+    data = pskc_file([{"serial": "3DES-1"}], psk_hex=PSK_HEX).replace(
+        b"xmlenc#aes128-cbc", b"xmlenc#tripledes-cbc"
+    )
+
+    with pytest.raises(Invalid) as caught:
+        tokens.import_pskc(db_session, settings, data, source="d.pskc", psk_hex=PSK_HEX)
+
+    assert "not supported" in caught.value.details["problems"][0]["problem"]
