@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from orchestrator import sessions
+from orchestrator.config import Environment, Settings
 from orchestrator.models import (
     Institution,
     Role,
@@ -87,15 +89,7 @@ def make_token(
 
 
 def make_user_session(session: Session, user: User) -> UserSession:
-    """An open login session, written directly (as if the user had logged in)."""
-    now = datetime.now(UTC)
-    row = UserSession(
-        secret_hash=secrets.token_hex(32),
-        user_id=user.id,
-        created_at=now,
-        last_seen_at=now,
-        expires_at=now + timedelta(hours=12),
-    )
-    session.add(row)
-    session.flush()
+    """An open login session, opened the way a login opens one."""
+    settings = Settings(environment=Environment.TEST)
+    row, _secret = sessions.open_session(session, user, "192.0.2.10", "pytest", settings)
     return row
