@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from bench import devcluster
+from bench import auth, devcluster
 
-BENCHMARKS = {"devcluster": devcluster.run}
+BENCHMARKS = {"devcluster": devcluster.run, "auth": auth.run}
 
 
 def main(argv: list[str]) -> int:

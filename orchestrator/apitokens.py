@@ -12,8 +12,10 @@ import string
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import audit
 from orchestrator.config import Settings
@@ -116,6 +118,14 @@ def _new_prefix(session: Session, attempts: int = 5) -> str:
     raise Conflict("Could not find a free token prefix; try again.")  # 36**8 makes this absurd
 
 
+# Built once: this runs on every token-authenticated request.
+_FIND_TOKEN = (
+    select(ApiToken, User)
+    .join(User, ApiToken.user_id == User.id)
+    .where(ApiToken.prefix == bindparam("prefix"))
+)
+
+
 def find_api_token(session: Session, plaintext: str, now: datetime) -> ApiToken | None:
     """The live token this plaintext belongs to, of an active user; else `None`.
 
@@ -126,22 +136,42 @@ def find_api_token(session: Session, plaintext: str, now: datetime) -> ApiToken 
     if match is None:
         return None
     prefix, secret = match.groups()
-    row = session.execute(
-        select(ApiToken, User)
-        .join(User, ApiToken.user_id == User.id)
-        .where(ApiToken.prefix == prefix)
-    ).first()
+    row = session.execute(_FIND_TOKEN, {"prefix": prefix}).first()
     stored = row[0].secret_hash if row is not None else _NO_SECRET_HASH
     if not hmac.compare_digest(_hash(secret), stored) or row is None:
         return None
     token, user = row
+    set_committed_value(token, "user", user)  # loaded already: no second query
     if token.revoked_at is not None or now >= token.expires_at:
         return None
     if user.status is not UserStatus.ACTIVE:
         return None
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        token.last_used_at = now
+        _mark_used(session, token, now)
     return token
+
+
+def _mark_used(session: Session, token: ApiToken, now: datetime) -> None:
+    # A conditional UPDATE, so concurrent requests with one token write once; on SQLite a request
+    # that read before another committed cannot write, and the mark is left to that other one.
+    try:
+        session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.id == token.id,
+                or_(
+                    ApiToken.last_used_at.is_(None),
+                    ApiToken.last_used_at <= now - LAST_USED_RESOLUTION,
+                ),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    except OperationalError:
+        if session.get_bind().dialect.name != "sqlite":
+            raise
+        return
+    set_committed_value(token, "last_used_at", now)
 
 
 def list_api_tokens(session: Session, user: User) -> list[ApiToken]:

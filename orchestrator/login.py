@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from orchestrator import audit, passwords, throttle, totp
 from orchestrator.config import Settings
@@ -125,6 +125,17 @@ def _refusal_reason(user: User, source: str, now: datetime) -> str | None:
     return None
 
 
+# Built once: building a statement costs more than running it, and these run on every login.
+_FIND_USER = (
+    select(User).options(joinedload(User.institution)).where(User.username == bindparam("username"))
+)
+_TOKENS_ON_LOAN = (
+    select(TotpToken)
+    .where(TotpToken.user_id == bindparam("user_id"), TotpToken.state == TokenState.ON_LOAN)
+    .order_by(TotpToken.id)
+)
+
+
 def log_in(
     session: Session,
     settings: Settings,
@@ -139,9 +150,13 @@ def log_in(
 
     Order: throttle first (before any expensive or revealing work), then the password (against
     a dummy hash for unknown users), then the account's standing (status, institution and its
-    networks, confidentiality statement), then the code of a token on loan, whose time step is
-    consumed in this same transaction, so the caller's commit makes the code spent and the session
-    real together. The caller commits on success.
+    networks, confidentiality statement), then the code of a token on loan.
+
+    Two transactions. The checks only read, and end with a commit (of nothing, unless the caller
+    left work pending). The second starts by consuming the code's time step and opens the
+    session, so the caller's commit makes the code spent and the session real together. Starting
+    with that write matters on SQLite: a transaction that read before another one committed
+    cannot write any more ("database is locked"); one whose first statement writes simply waits.
 
     On refusal the session is rolled back, the failure (attempt row and audit event) is committed
     in a transaction of its own, and `AuthFailed` with one generic message is raised, or
@@ -154,7 +169,7 @@ def log_in(
 
     user = None
     if len(name) <= MAX_USERNAME_LENGTH:
-        user = session.scalars(select(User).where(User.username == name)).one_or_none()
+        user = session.scalars(_FIND_USER, {"username": name}).unique().one_or_none()
     if user is None or user.password_hash is None:
         passwords.verify_dummy(password)
         _refuse(session, name, source, now, "unknown_user" if user is None else "no_password", user)
@@ -164,16 +179,21 @@ def log_in(
     reason = _refusal_reason(user, source, now)
     if reason is not None:
         _refuse(session, name, source, now, reason, user)
-
-    tokens = session.scalars(
-        select(TotpToken).where(TotpToken.user_id == user.id, TotpToken.state == TokenState.ON_LOAN)
-    ).all()
+    tokens = session.scalars(_TOKENS_ON_LOAN, {"user_id": user.id}).all()
     if not tokens:
         _refuse(session, name, source, now, "no_token", user)
-    token = _spend_code(session, settings, tokens, code, now)
-    if token is None:
+    matches = totp.match_tokens(settings, tokens, code, now)
+    if not matches:
         _refuse(session, name, source, now, "wrong_code", user)
+    user_id = user.id
+    session.commit()  # end the reading transaction (see above)
 
+    serial = _consume_first(session, matches)
+    user = session.get(User, user_id)
+    if serial is None or user is None:
+        _refuse(session, name, source, now, "wrong_code", user)
+    # Standing is not checked again here: should the account be suspended in these milliseconds,
+    # its sessions are refused on every request anyway (`sessions.find_session`).
     if new_hash is not None:
         user.password_hash = new_hash  # argon2 parameters changed since this hash was made
     user_session, secret = open_session(session, user, source, user_agent, settings, now)
@@ -186,24 +206,20 @@ def log_in(
         object_type="user_session",
         object_id=user_session.id,
         source=source,
-        details={"token_serial": token.serial, "rehashed": new_hash is not None},
+        details={"token_serial": serial, "rehashed": new_hash is not None},
     )
     return user_session, secret
 
 
-def _spend_code(
-    session: Session, settings: Settings, tokens: Sequence[TotpToken], code: str, now: datetime
-) -> TotpToken | None:
-    for token in tokens:
-        step = totp.verify_code(settings, token, code, now)
-        if step is None:
-            continue
+def _consume_first(session: Session, matches: Sequence[totp.Match]) -> str | None:
+    """Spend the first matching step not spent yet; the serial of its token, or `None`."""
+    for match in matches:
         try:
-            if totp.consume_step(session, token.id, step):
-                return token
+            if totp.consume_step(session, match.token_id, match.step):
+                return match.serial
         except OperationalError:
-            # SQLite: a concurrent login committed this token's row after our snapshot began
-            # ("database is locked"). The other one won; this one is a replay.
+            # Only SQLite, and only should a transaction read before this write after all: the
+            # other login won, and this one is refused like a replay.
             return None
     return None
 
@@ -214,6 +230,7 @@ def _refuse(
     user_id = user.id if user is not None else None
     session.rollback()
     throttle.record_attempt(session, name, source, False, now)
+    session.flush()  # write first, read after: see `log_in` on SQLite
     audit.record(
         session,
         "login_failed",

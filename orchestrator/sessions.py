@@ -10,9 +10,11 @@ import secrets
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import audit, throttle, totp
 from orchestrator.config import Settings
@@ -82,6 +84,15 @@ def is_live(user_session: UserSession, settings: Settings, now: datetime) -> boo
     )
 
 
+# Built once: this runs on every authenticated request, and building the statement costs more
+# than running it (measured in bench/auth.py, P6).
+_FIND_SESSION = (
+    select(UserSession, User)
+    .join(User, UserSession.user_id == User.id)
+    .where(UserSession.secret_hash == bindparam("secret_hash"))
+)
+
+
 def find_session(
     session: Session, cookie_secret: str, settings: Settings, now: datetime
 ) -> UserSession | None:
@@ -92,19 +103,39 @@ def find_session(
     """
     if not cookie_secret or len(cookie_secret) > MAX_COOKIE_LENGTH:
         return None
-    row = session.execute(
-        select(UserSession, User)
-        .join(User, UserSession.user_id == User.id)
-        .where(UserSession.secret_hash == hash_secret(cookie_secret))
-    ).first()
+    row = session.execute(_FIND_SESSION, {"secret_hash": hash_secret(cookie_secret)}).first()
     if row is None:
         return None
     user_session, user = row
+    set_committed_value(user_session, "user", user)  # loaded already: no second query
     if user.status is not UserStatus.ACTIVE or not is_live(user_session, settings, now):
         return None
     if now - user_session.last_seen_at >= LAST_SEEN_RESOLUTION:
-        user_session.last_seen_at = now
+        slide_last_seen(session, user_session, now)
     return user_session
+
+
+def slide_last_seen(session: Session, user_session: UserSession, now: datetime) -> None:
+    """Record use now. A conditional UPDATE, so concurrent requests on one session write once.
+
+    On SQLite a request that read before another one committed cannot write ("database is
+    locked"); the slide is then skipped, since a concurrent request has just made it.
+    """
+    try:
+        session.execute(
+            update(UserSession)
+            .where(
+                UserSession.id == user_session.id,
+                UserSession.last_seen_at <= now - LAST_SEEN_RESOLUTION,
+            )
+            .values(last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    except OperationalError:
+        if session.get_bind().dialect.name != "sqlite":
+            raise
+        return
+    set_committed_value(user_session, "last_seen_at", now)
 
 
 def list_sessions(
@@ -215,9 +246,17 @@ def step_up(
     tokens = session.scalars(
         select(TotpToken).where(TotpToken.user_id == user.id, TotpToken.state == TokenState.ON_LOAN)
     ).all()
-    for token in tokens:
-        step = totp.verify_code(settings, token, code, now)
-        if step is not None and totp.consume_step(session, token.id, step):
+    matches = totp.match_tokens(settings, tokens, code, now)
+    if not matches:
+        _refuse(session, user, user_session, now, "wrong_code" if tokens else "no_token", None)
+    # As at login: end the reading transaction, then start the next one with the write.
+    session.commit()
+    for match in matches:
+        try:
+            consumed = totp.consume_step(session, match.token_id, match.step)
+        except OperationalError:
+            consumed = False  # SQLite only: a concurrent use of the code won
+        if consumed:
             user_session.stepped_up_at = now
             audit.record(
                 session,
@@ -226,10 +265,10 @@ def step_up(
                 object_type="user_session",
                 object_id=user_session.id,
                 source=source,
-                details={"token_serial": token.serial},
+                details={"token_serial": match.serial},
             )
             return now + timedelta(minutes=settings.stepup_max_age_minutes)
-    _refuse(session, user, user_session, now, "wrong_code" if tokens else "no_token", None)
+    _refuse(session, user, user_session, now, "wrong_code", None)
 
 
 def _refuse(
@@ -244,6 +283,7 @@ def _refuse(
     session.rollback()
     if verdict is None:
         throttle.record_attempt(session, username, source, False, now)
+        session.flush()  # write first, read after (SQLite; see `login.log_in`)
     audit.record(
         session,
         "step_up_throttled" if verdict else "step_up_failed",

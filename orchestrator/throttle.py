@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BindParameter, Select, Table, and_, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.config import Settings
 from orchestrator.errors import TooManyRequests
-from orchestrator.models import LoginAttempt
+from orchestrator.models import LoginAttempt, UTCDateTime
 
 WINDOW = timedelta(hours=1)
 FREE_FAILURES = 5  # failures in the window before delays start
@@ -62,6 +63,42 @@ def _seconds(delta: timedelta) -> int:
     return max(1, math.ceil(delta.total_seconds()))
 
 
+def _attempts() -> Table:
+    return LoginAttempt.__table__  # type: ignore[return-value]
+
+
+def _since() -> BindParameter[datetime]:
+    return bindparam("since", type_=UTCDateTime())
+
+
+def _build_check() -> Select[Any]:
+    """One statement for every figure throttling needs (it runs before each login)."""
+    t = _attempts()
+    last_success = (
+        select(func.max(t.c.at))
+        .where(t.c.username == bindparam("username"), t.c.success.is_(True), t.c.at > _since())
+        .scalar_subquery()
+    )
+    account = and_(
+        t.c.username == bindparam("username"),
+        t.c.success.is_(False),
+        t.c.at > _since(),
+        t.c.at > func.coalesce(last_success, _since()),
+    )
+    source = and_(t.c.source == bindparam("source"), t.c.success.is_(False), t.c.at > _since())
+    return select(
+        select(func.count()).select_from(t).where(account).scalar_subquery(),
+        select(func.min(t.c.at)).where(account).scalar_subquery(),
+        select(func.max(t.c.at)).where(account).scalar_subquery(),
+        select(func.count()).select_from(t).where(source).scalar_subquery(),
+        select(func.min(t.c.at)).where(source).scalar_subquery(),
+    )
+
+
+_CHECK = _build_check()
+_RECORD = insert(_attempts())
+
+
 def check_throttle(
     session: Session, settings: Settings, username: str, source: str, now: datetime
 ) -> Verdict:
@@ -71,31 +108,16 @@ def check_throttle(
     finally got in starts afresh); per source, every failure in the hour counts (many accounts
     behind one address are exactly what this guards against).
     """
-    since = now - WINDOW
-    user = account_key(username)
-    last_success = session.scalar(
-        select(func.max(LoginAttempt.at)).where(
-            LoginAttempt.username == user, LoginAttempt.success.is_(True), LoginAttempt.at > since
-        )
-    )
-    count, oldest, newest = session.execute(
-        select(func.count(), func.min(LoginAttempt.at), func.max(LoginAttempt.at)).where(
-            LoginAttempt.username == user,
-            LoginAttempt.success.is_(False),
-            LoginAttempt.at > max(since, last_success or since),
-        )
-    ).one()
+    params = {
+        "username": account_key(username),
+        "source": source_key(source),
+        "since": now - WINDOW,
+    }
+    count, oldest, newest, source_count, source_oldest = session.execute(_CHECK, params).one()
     if count >= settings.login_failures_per_account_hour:
         return Verdict(_seconds(oldest + WINDOW - now), "account")
     if count and now < newest + timedelta(seconds=delay_after(count)):
         return Verdict(_seconds(newest + timedelta(seconds=delay_after(count)) - now), "account")
-    source_count, source_oldest = session.execute(
-        select(func.count(), func.min(LoginAttempt.at)).where(
-            LoginAttempt.source == source_key(source),
-            LoginAttempt.success.is_(False),
-            LoginAttempt.at > since,
-        )
-    ).one()
     if source_count >= settings.login_failures_per_source_hour:
         return Verdict(_seconds(source_oldest + WINDOW - now), "source")
     return Verdict(0)
@@ -104,8 +126,13 @@ def check_throttle(
 def record_attempt(
     session: Session, username: str, source: str, success: bool, now: datetime
 ) -> None:
-    session.add(
-        LoginAttempt(
-            username=account_key(username), source=source_key(source), at=now, success=success
-        )
+    """Written at once (a plain INSERT, no unit of work): it is on every login's path."""
+    session.execute(
+        _RECORD,
+        {
+            "username": account_key(username),
+            "source": source_key(source),
+            "at": now,
+            "success": success,
+        },
     )

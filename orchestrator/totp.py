@@ -8,13 +8,15 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import pyotp
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import or_, update
+from sqlalchemy import Table, bindparam, or_, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -102,6 +104,39 @@ def verify_code(settings: Settings, token: TotpToken, code: str, now: datetime) 
     return matched
 
 
+@dataclass(frozen=True)
+class Match:
+    """A token whose code matched, with plain values that outlive the reading transaction."""
+
+    token_id: int
+    serial: str
+    step: int
+
+
+def match_tokens(
+    settings: Settings, tokens: Sequence[TotpToken], code: str, now: datetime
+) -> list[Match]:
+    """The tokens (of one user) for which `code` is valid now; see `verify_code`."""
+    matches = []
+    for token in tokens:
+        step = verify_code(settings, token, code, now)
+        if step is not None:
+            matches.append(Match(token.id, token.serial, step))
+    return matches
+
+
+_tokens: Table = TotpToken.__table__  # type: ignore[assignment]
+# A plain (Core) UPDATE, built once: it runs on every login and step-up.
+_CONSUME = (
+    update(_tokens)
+    .where(
+        _tokens.c.id == bindparam("token_id"),
+        or_(_tokens.c.last_used_step.is_(None), _tokens.c.last_used_step < bindparam("step")),
+    )
+    .values(last_used_step=bindparam("step"))
+)
+
+
 def consume_step(session: Session, token_id: int, step: int) -> bool:
     """Record `step` as used; `False` when it (or a later one) was used already.
 
@@ -110,15 +145,7 @@ def consume_step(session: Session, token_id: int, step: int) -> bool:
     serialised. Either way exactly one caller gets `True` for a given step. Call it in the
     transaction that also opens the session, so both commit or neither does.
     """
-    result = session.execute(
-        update(TotpToken)
-        .where(
-            TotpToken.id == token_id,
-            or_(TotpToken.last_used_step.is_(None), TotpToken.last_used_step < step),
-        )
-        .values(last_used_step=step)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_CONSUME, {"token_id": token_id, "step": step})
     assert isinstance(result, CursorResult)
     if result.rowcount != 1:
         return False

@@ -313,6 +313,37 @@ def test_log_in_concurrent_same_code_exactly_one_session(
         assert sorted(reasons) == ["login_failed", "login_succeeded"]
 
 
+def test_log_in_concurrent_different_users_all_succeed(
+    isolated_engine: tuple[Settings, Engine],
+) -> None:
+    settings, engine = isolated_engine
+    with Session(engine) as session:
+        users = [make_user(session, settings) for _ in range(4)]
+        session.commit()
+        credentials = [(m.username, m.password, m.code(NOW)) for m in users]
+    barrier = threading.Barrier(len(credentials))
+    outcomes: list[str] = []
+
+    def try_login(username: str, password: str, code: str) -> None:
+        with Session(engine) as session:
+            barrier.wait()
+            try:
+                login.log_in(session, settings, username, password, code, SOURCE, "t", NOW)
+                session.commit()
+                outcomes.append("session")
+            except AuthFailed:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=try_login, args=c) for c in credentials]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # On SQLite, too: logins of different users never refuse each other.
+    assert outcomes == ["session"] * len(credentials)
+
+
 # --- no user enumeration by timing ----------------------------------------------------------------
 
 

@@ -169,7 +169,8 @@ def log_out_everywhere(
 
 
 @router.get("/me", responses=REFUSED)
-def me(principal: CurrentPrincipal) -> MeRead:
+async def me(principal: CurrentPrincipal) -> MeRead:
+    """Who is calling. (async: everything it reads was loaded by authentication.)"""
     return _me(principal)
 
 

@@ -21,7 +21,8 @@ from orchestrator.policy import scopes_for_role
 from orchestrator.sessions import check_csrf, find_session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: no I/O, so no trip through the thread pool on every request
     settings: Settings = request.app.state.settings
     return settings
 
@@ -55,8 +56,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def get_now() -> datetime:
-    """The current time; tests override this dependency to move the clock."""
+async def get_now() -> datetime:
+    """The current time; tests override this dependency to move the clock. (async: no I/O, so no
+    trip through the thread pool.)"""
     return utcnow()
 
 
