@@ -100,11 +100,11 @@ def test_error_shape_for_kluis_error(bare_app: FastAPI, bare_client: TestClient)
 
 
 def test_error_shape_for_validation_error(bare_app: FastAPI, bare_client: TestClient) -> None:
-    @bare_app.post("/login")
+    @bare_app.post("/api/echo-login")
     def login(body: Login) -> None:
         raise AssertionError("not reached")
 
-    response = bare_client.post("/login", json={"username": "ann", "password": "hunter2"})
+    response = bare_client.post("/api/echo-login", json={"username": "ann", "password": "hunter2"})
 
     assert response.status_code == 422
     error = response.json()["error"]
