@@ -40,7 +40,7 @@ system-packages: ## Install the Debian packages the tests need (only the missing
 	@.ci/system-packages
 
 test: system-packages $(STAMP) cluster-build lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
-	KLUIS_TEST_POSTGRES_URL="$$(.ci/postgres)" KLUIS_REQUIRE_POSTGRES=1 $(BIN)/pytest
+	KLUIS_TEST_POSTGRES_URL="$$(.ci/postgres)" KLUIS_REQUIRE_POSTGRES=1 KLUIS_REQUIRE_BROWSER=1 $(BIN)/pytest
 
 test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick feedback only)
 	$(BIN)/pytest -m "not cluster and not slow"

@@ -110,7 +110,12 @@ def dev(ctx: typer.Context) -> None:
     if settings.environment is not Environment.DEVELOPMENT:
         typer.echo("error: `kluis dev` runs only with KLUIS_ENVIRONMENT=development", err=True)
         raise typer.Exit(2)
+    if settings.cookie_secure and settings.effective_public_url.startswith("http://"):
+        # Browsers drop Secure cookies on plain http; development on loopback only.
+        settings = settings.model_copy(update={"cookie_secure": False})
+        ctx.obj = settings
     _migrate(settings)
+    admin_commands.demo_data(ctx)
     cluster = LocalCluster(settings.effective_cluster_dir)
     typer.echo(f"starting the local Kubernetes control plane in {cluster.root} ...")
     try:
@@ -121,7 +126,8 @@ def dev(ctx: typer.Context) -> None:
     try:
         url = settings.effective_public_url
         typer.echo(
-            f"Kluis is running: API {url} (docs {DOCS_URL}) · kubeconfig {cluster.kubeconfig}"
+            f"Kluis is running: portal {url}/login · API docs {url}{DOCS_URL} · "
+            f"kubeconfig {cluster.kubeconfig}"
         )
         _serve(settings)
     finally:
