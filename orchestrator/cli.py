@@ -116,7 +116,8 @@ def dev(ctx: typer.Context) -> None:
         ctx.obj = settings
     _migrate(settings)
     admin_commands.demo_data(ctx)
-    cluster = LocalCluster(settings.effective_cluster_dir)
+    # Tied to this process: however `kluis dev` ends (Ctrl-C, SIGTERM, a crash), the cluster goes.
+    cluster = LocalCluster(settings.effective_cluster_dir, tie_to_parent=True)
     typer.echo(f"starting the local Kubernetes control plane in {cluster.root} ...")
     try:
         cluster.up()
