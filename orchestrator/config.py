@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_KEY_LENGTH = 32
@@ -86,6 +86,16 @@ class LogLevel(StrEnum):
     CRITICAL = "CRITICAL"
 
 
+class ComputeSize(BaseModel):
+    """What a named compute size gives a project's workspace namespace."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: str
+    memory: str
+    storage: str
+
+
 class Settings(BaseSettings):
     """Everything Kluis can be configured with. Unsafe production settings fail validation."""
 
@@ -121,6 +131,28 @@ class Settings(BaseSettings):
     login_failures_per_source_hour: Annotated[int, Field(ge=5, le=10000)] = 300
     activation_link_hours: Annotated[int, Field(ge=1, le=24 * 14)] = 72
     api_token_max_days: Annotated[int, Field(ge=1, le=3650)] = 365
+
+    # --- projects, costs, expiry, notifications ---
+    # Named compute sizes -> the workspace namespace's quota (Kubernetes quantities).
+    compute_sizes: dict[str, ComputeSize] = Field(
+        default_factory=lambda: {
+            "small": ComputeSize(cpu="2", memory="8Gi", storage="50Gi"),
+            "medium": ComputeSize(cpu="4", memory="32Gi", storage="200Gi"),
+            "large": ComputeSize(cpu="16", memory="128Gi", storage="1Ti"),
+        }
+    )
+    project_grace_days: Annotated[int, Field(ge=0, le=365)] = 30  # expired -> archived
+    project_retention_years: Annotated[int, Field(ge=1, le=30)] = 5  # archived -> deleted
+    reminder_days: list[int] = Field(default_factory=lambda: [30, 14, 7])
+    max_project_years: Annotated[int, Field(ge=1, le=10)] = 5
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    mail_from: str = "kluis@localhost"
+    outbox_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
 
     @field_validator("data_dir", "cluster_dir")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -18,8 +19,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -282,3 +285,281 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- research projects, catalogue, costs, notifications ----------------------------------------
+
+Money = Numeric(12, 2)  # amounts in the tariff's currency; Decimal in Python, never float
+
+
+class ProjectState(StrEnum):
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+    REJECTED = "rejected"
+    QUOTED = "quoted"
+    ACCEPTED = "accepted"  # the lead accepted the quote
+    APPROVED = "approved"  # a data steward approved; becomes active on its start date
+    ACTIVE = "active"
+    FROZEN = "frozen"
+    EXPIRED = "expired"
+    ARCHIVED = "archived"
+    DELETED = "deleted"
+
+
+class MemberRole(StrEnum):
+    LEAD = "lead"
+    RESEARCHER = "researcher"
+
+
+class RequestKind(StrEnum):
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
+    ADD_DATASET = "add_dataset"
+    EXTENSION = "extension"
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+
+class ChargeKind(StrEnum):
+    ADD_RESEARCHER = "add_researcher"
+    ADD_DATASET = "add_dataset"
+    EXTENSION = "extension"
+
+
+class Dataset(Base):
+    """A catalogue entry; its topic is the unit of pricing. Metadata only, never data."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)  # upper case, e.g. GBAPERSOONTAB
+    title: Mapped[str] = mapped_column(String(200))
+    topic: Mapped[str] = mapped_column(String(80))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    versions: Mapped[list[DatasetVersion]] = relationship(
+        back_populates="dataset", order_by="DatasetVersion.id"
+    )
+
+
+class DatasetVersion(Base):
+    """One release of a dataset under the microdata root; its files are what a grant mounts."""
+
+    __tablename__ = "dataset_version"
+    __table_args__ = (UniqueConstraint("dataset_id", "label", name="dataset_label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id"), index=True)
+    label: Mapped[str] = mapped_column(String(40))  # e.g. "2024V1"
+    location: Mapped[str] = mapped_column(String(400))  # relative to the microdata root
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # [{"path": "a/b.csv", "size": 123, "sha256": "..."}] as captured by `kluis catalogue scan`
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    available_from: Mapped[date] = mapped_column(Date)
+    available_until: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="versions")
+
+
+class Tariff(Base):
+    """A versioned price list; a project is quoted and invoiced with the tariff valid at
+    application time."""
+
+    __tablename__ = "tariff"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(40), unique=True)  # e.g. "2026"
+    valid_from: Mapped[date] = mapped_column(Date)
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    base_fee: Mapped[Decimal] = mapped_column(Money)  # once per project
+    per_researcher_month: Mapped[Decimal] = mapped_column(Money)
+    per_topic_month: Mapped[Decimal] = mapped_column(Money)
+    fee_add_researcher: Mapped[Decimal] = mapped_column(Money)
+    fee_add_dataset: Mapped[Decimal] = mapped_column(Money)
+    fee_extension: Mapped[Decimal] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Project(Base):
+    """A research project: the unit of contract, data access, cost, workspace and end date."""
+
+    __tablename__ = "project"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(5), unique=True)  # 4-5 digits
+    title: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(Text)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institution.id"), index=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    start_date: Mapped[date] = mapped_column(Date)
+    end_date: Mapped[date] = mapped_column(Date)
+    compute_size: Mapped[str] = mapped_column(String(20))  # a key of Settings.compute_sizes
+    legal_basis: Mapped[str] = mapped_column(Text, default="")
+    expected_publications: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[ProjectState] = mapped_column(
+        Enum(ProjectState, native_enum=False, length=20), default=ProjectState.DRAFT, index=True
+    )
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    review_comments: Mapped[str] = mapped_column(Text, default="")
+    tariff_id: Mapped[int | None] = mapped_column(ForeignKey("tariff.id"))
+    quote_total: Mapped[Decimal | None] = mapped_column(Money)
+    quote_lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    quoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    quote_accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    institution: Mapped[Institution] = relationship()
+    lead: Mapped[User] = relationship(foreign_keys=[lead_id])
+    tariff: Mapped[Tariff | None] = relationship()
+    members: Mapped[list[ProjectMember]] = relationship(back_populates="project")
+    requested_datasets: Mapped[list[RequestedDataset]] = relationship(back_populates="project")
+    grants: Mapped[list[Grant]] = relationship(back_populates="project")
+
+
+class ProjectMember(Base):
+    """Membership with its history: a row per period (added_at .. removed_at)."""
+
+    __tablename__ = "project_member"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    role: Mapped[MemberRole] = mapped_column(Enum(MemberRole, native_enum=False, length=20))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    project: Mapped[Project] = relationship(back_populates="members")
+    user: Mapped[User] = relationship()
+
+
+class RequestedDataset(Base):
+    """A dataset version asked for in the application; approval turns it into a grant."""
+
+    __tablename__ = "requested_dataset"
+    __table_args__ = (UniqueConstraint("project_id", "dataset_version_id", name="project_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"))
+
+    project: Mapped[Project] = relationship(back_populates="requested_datasets")
+    dataset_version: Mapped[DatasetVersion] = relationship()
+
+
+class Grant(Base):
+    """Access of a project to one dataset version; only unrevoked grants are mounted."""
+
+    __tablename__ = "dataset_grant"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_version.id"), index=True)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+
+    project: Mapped[Project] = relationship(back_populates="grants")
+    dataset_version: Mapped[DatasetVersion] = relationship()
+
+
+class ChangeRequest(Base):
+    """A lead's request (member in/out, extra dataset, extension) that a data steward decides."""
+
+    __tablename__ = "change_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    kind: Mapped[RequestKind] = mapped_column(Enum(RequestKind, native_enum=False, length=20))
+    state: Mapped[RequestState] = mapped_column(
+        Enum(RequestState, native_enum=False, length=20), default=RequestState.PENDING, index=True
+    )
+    # kind-specific: {"user_id": 7} | {"dataset_version_id": 3} | {"new_end_date": "2027-06-30"}
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_comment: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    project: Mapped[Project] = relationship()
+
+
+class Charge(Base):
+    """A one-off fee (extra researcher, extra dataset, extension), invoiced in its quarter."""
+
+    __tablename__ = "charge"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    kind: Mapped[ChargeKind] = mapped_column(Enum(ChargeKind, native_enum=False, length=20))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    incurred_on: Mapped[date] = mapped_column(Date)
+    change_request_id: Mapped[int | None] = mapped_column(ForeignKey("change_request.id"))
+    description: Mapped[str] = mapped_column(String(200), default="")
+
+
+class DeletionRecord(Base):
+    """What remains of a deleted project: proof of what was deleted, when and by whom."""
+
+    __tablename__ = "deletion_record"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, index=True)  # no FK: the record outlives it
+    project_code: Mapped[str] = mapped_column(String(5))
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_by: Mapped[str] = mapped_column(String(64))  # username or "system"
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the maximum number of attempts; kept for staff to see
+
+
+class OutboxMessage(Base):
+    """An e-mail written in the transaction of the change it reports; sent after commit,
+    retried with backoff, never lost. `dedupe_key` makes reminders idempotent."""
+
+    __tablename__ = "outbox_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    to_address: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[OutboxStatus] = mapped_column(
+        Enum(OutboxStatus, native_enum=False, length=20), default=OutboxStatus.PENDING, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
