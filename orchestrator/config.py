@@ -141,6 +141,10 @@ class Settings(BaseSettings):
             "large": ComputeSize(cpu="16", memory="128Gi", storage="1Ti"),
         }
     )
+    # Where dataset versions live (read-only) and where project folders are made; the control
+    # plane has both mounted. Defaults under the data folder for development.
+    microdata_root: Path | None = None
+    project_storage_root: Path | None = None
     project_grace_days: Annotated[int, Field(ge=0, le=365)] = 30  # expired -> archived
     project_retention_years: Annotated[int, Field(ge=1, le=30)] = 5  # archived -> deleted
     reminder_days: list[int] = Field(default_factory=lambda: [30, 14, 7])
@@ -154,7 +158,7 @@ class Settings(BaseSettings):
     mail_from: str = "kluis@localhost"
     outbox_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
 
-    @field_validator("data_dir", "cluster_dir")
+    @field_validator("data_dir", "cluster_dir", "microdata_root", "project_storage_root")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Resolve against the working directory at start-up so a later chdir changes nothing.
@@ -220,6 +224,14 @@ class Settings(BaseSettings):
         if self.environment is Environment.PRODUCTION:
             raise ValueError("KLUIS_SECRET_KEY is required in production")
         return DEVELOPMENT_SECRET_KEY
+
+    @property
+    def effective_microdata_root(self) -> Path:
+        return self.microdata_root or self.data_dir / "microdata"
+
+    @property
+    def effective_project_storage_root(self) -> Path:
+        return self.project_storage_root or self.data_dir / "projects"
 
     @property
     def effective_cluster_dir(self) -> Path:

@@ -50,6 +50,8 @@ class Action(StrEnum):
     AUDIT_EXPORT = "audit.export"
     SESSION_MANAGE_OWN = "session.manage_own"
     HEALTH_READ = "health.read"
+    CATALOGUE_READ = "catalogue.read"  # metadata only, never data
+    CATALOGUE_MANAGE = "catalogue.manage"
 
 
 class Reach(StrEnum):
@@ -62,6 +64,7 @@ _SELF_SERVICE: dict[Action, Reach] = {
     Action.INSTITUTION_READ: Reach.OWN,
     Action.TOKEN_READ: Reach.OWN,
     Action.SESSION_MANAGE_OWN: Reach.OWN,
+    Action.CATALOGUE_READ: Reach.ANY,
 }
 
 GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
@@ -88,6 +91,7 @@ GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
         Action.TOKEN_ENROL: Reach.ANY,
         Action.AUDIT_READ: Reach.ANY,
         Action.AUDIT_EXPORT: Reach.ANY,
+        Action.CATALOGUE_MANAGE: Reach.ANY,
     },
     # The platform operators: read everything needed to run and investigate, change nothing here.
     Role.OPS: {
@@ -128,6 +132,7 @@ _READ_ACTIONS = frozenset(
         Action.AUDIT_READ,
         Action.AUDIT_EXPORT,
         Action.HEALTH_READ,
+        Action.CATALOGUE_READ,
     }
 )
 
