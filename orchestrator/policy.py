@@ -5,10 +5,11 @@ Three questions, answered here and nowhere else:
 - **Which actions does a role have, and on whose objects?** `GRANTS` maps each role to its
   actions with a reach: `Reach.ANY` (every object of that kind) or `Reach.OWN` (the caller's own
   account, tokens and institution). `authorize` checks it; `can` answers without raising.
-- **Which objects may a caller see at all?** `visible_users`, `visible_institutions` and
-  `visible_tokens` narrow a `select` so lists never contain another person's objects; an object
-  the caller may not see is reported as not found (404), never as forbidden, so its existence
-  does not leak.
+- **Which objects may a caller see at all?** `visible_users`, `visible_institutions`,
+  `visible_tokens` and `visible_projects` narrow a `select` so lists never contain another
+  person's objects; an object the caller may not see is reported as not found (404), never as
+  forbidden, so its existence does not leak. A researcher's "own" projects are those they are or
+  were a member of; `Reach.LEAD` narrows further to the projects they lead.
 - **Which field changes escalate privilege?** `authorize_role_grant` and `authorize_status_change`
   hold the segregation rules: nobody changes their own role or status; `ops` accounts (platform
   administrators) are created, promoted, demoted, suspended and closed only from the command line.
@@ -23,10 +24,19 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, false
+from sqlalchemy import Select, false, or_, select
 
 from orchestrator.errors import Forbidden, NotFound
-from orchestrator.models import Institution, Role, TotpToken, User, UserStatus
+from orchestrator.models import (
+    ChangeRequest,
+    Institution,
+    Project,
+    ProjectMember,
+    Role,
+    TotpToken,
+    User,
+    UserStatus,
+)
 
 S = TypeVar("S", bound=Select[Any])
 
@@ -52,10 +62,27 @@ class Action(StrEnum):
     HEALTH_READ = "health.read"
     CATALOGUE_READ = "catalogue.read"  # metadata only, never data
     CATALOGUE_MANAGE = "catalogue.manage"
+    # Projects: who may take which step of `projects.TRANSITIONS` is one of these per step.
+    PROJECT_READ = "project.read"  # the project, its members, grants, requests and history
+    PROJECT_APPLY = "project.apply"
+    PROJECT_EDIT = "project.edit"  # change (or discard) a draft
+    PROJECT_SUBMIT = "project.submit"
+    PROJECT_ACCEPT = "project.accept"  # accept the quote: the lead's commitment to pay
+    PROJECT_REVIEW = "project.review"  # return to draft with comments, or reject
+    PROJECT_QUOTE = "project.quote"
+    PROJECT_APPROVE = "project.approve"
+    PROJECT_ACTIVATE = "project.activate"
+    PROJECT_FREEZE = "project.freeze"  # also unfreeze
+    PROJECT_CLOSE = "project.close"  # expire, archive
+    PROJECT_DELETE = "project.delete"
+    PROJECT_COSTS_READ = "project.costs_read"
+    PROJECT_REQUEST_CHANGE = "project.request_change"  # also withdraw a pending request
+    PROJECT_DECIDE_CHANGE = "project.decide_change"
 
 
 class Reach(StrEnum):
-    OWN = "own"
+    OWN = "own"  # own account, token, institution; projects one is or was a member of
+    LEAD = "lead"  # projects one leads
     ANY = "any"
 
 
@@ -68,10 +95,21 @@ _SELF_SERVICE: dict[Action, Reach] = {
 }
 
 GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
-    # A researcher sees their own account, token and institution; nothing of anyone else.
-    Role.RESEARCHER: _SELF_SERVICE,
-    # Output checkers review airlock requests (later issue); for identity they need only their own.
-    Role.OUTPUT_CHECKER: _SELF_SERVICE,
+    # A researcher sees their own account, token and institution, and the projects they are or
+    # were a member of; as a project's lead they apply, edit the draft, submit, accept the quote,
+    # see the costs and ask for changes. Nothing of anyone else.
+    Role.RESEARCHER: {
+        **_SELF_SERVICE,
+        Action.PROJECT_READ: Reach.OWN,
+        Action.PROJECT_APPLY: Reach.ANY,  # as the lead of the new project (checked in projects)
+        Action.PROJECT_EDIT: Reach.LEAD,
+        Action.PROJECT_SUBMIT: Reach.LEAD,
+        Action.PROJECT_ACCEPT: Reach.LEAD,
+        Action.PROJECT_COSTS_READ: Reach.LEAD,
+        Action.PROJECT_REQUEST_CHANGE: Reach.LEAD,
+    },
+    # Output checkers review airlock requests (later issue): they see every project, not its costs.
+    Role.OUTPUT_CHECKER: {**_SELF_SERVICE, Action.PROJECT_READ: Reach.ANY},
     # The data holder's administrators: institutions, accounts, tokens, and the audit trail.
     Role.DATA_STEWARD: {
         **_SELF_SERVICE,
@@ -92,6 +130,20 @@ GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
         Action.AUDIT_READ: Reach.ANY,
         Action.AUDIT_EXPORT: Reach.ANY,
         Action.CATALOGUE_MANAGE: Reach.ANY,
+        # Review, quote, approve, freeze, close and delete projects; decide change requests.
+        # Accepting a quote and asking for changes stay with the lead.
+        Action.PROJECT_READ: Reach.ANY,
+        Action.PROJECT_APPLY: Reach.ANY,  # on a researcher's behalf, who becomes the lead
+        Action.PROJECT_EDIT: Reach.ANY,
+        Action.PROJECT_REVIEW: Reach.ANY,
+        Action.PROJECT_QUOTE: Reach.ANY,
+        Action.PROJECT_APPROVE: Reach.ANY,
+        Action.PROJECT_ACTIVATE: Reach.ANY,
+        Action.PROJECT_FREEZE: Reach.ANY,
+        Action.PROJECT_CLOSE: Reach.ANY,
+        Action.PROJECT_DELETE: Reach.ANY,
+        Action.PROJECT_COSTS_READ: Reach.ANY,
+        Action.PROJECT_DECIDE_CHANGE: Reach.ANY,
     },
     # The platform operators: read everything needed to run and investigate, change nothing here.
     Role.OPS: {
@@ -102,6 +154,8 @@ GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
         Action.AUDIT_READ: Reach.ANY,
         Action.AUDIT_EXPORT: Reach.ANY,
         Action.HEALTH_READ: Reach.ANY,
+        Action.PROJECT_READ: Reach.ANY,
+        Action.PROJECT_COSTS_READ: Reach.ANY,
     },
 }
 
@@ -133,6 +187,27 @@ _READ_ACTIONS = frozenset(
         Action.AUDIT_EXPORT,
         Action.HEALTH_READ,
         Action.CATALOGUE_READ,
+        Action.PROJECT_READ,
+        Action.PROJECT_COSTS_READ,
+    }
+)
+# Project work (applications, transitions, change requests) needs "projects:write"; staff steps
+# that change access additionally need a step-up, which an API token passes only with "admin".
+_PROJECT_WRITE_ACTIONS = frozenset(
+    {
+        Action.PROJECT_APPLY,
+        Action.PROJECT_EDIT,
+        Action.PROJECT_SUBMIT,
+        Action.PROJECT_ACCEPT,
+        Action.PROJECT_REVIEW,
+        Action.PROJECT_QUOTE,
+        Action.PROJECT_APPROVE,
+        Action.PROJECT_ACTIVATE,
+        Action.PROJECT_FREEZE,
+        Action.PROJECT_CLOSE,
+        Action.PROJECT_DELETE,
+        Action.PROJECT_REQUEST_CHANGE,
+        Action.PROJECT_DECIDE_CHANGE,
     }
 )
 
@@ -143,8 +218,13 @@ def scopes_for_role(role: Role) -> frozenset[str]:
 
 
 def required_scope(action: Action) -> str:
-    """The API-token scope an action needs: "read" for reads, "admin" for administration."""
-    return SCOPE_READ if action in _READ_ACTIONS else SCOPE_ADMIN
+    """The API-token scope an action needs: "read" for reads, "projects:write" for project work,
+    "admin" for administration."""
+    if action in _READ_ACTIONS:
+        return SCOPE_READ
+    if action in _PROJECT_WRITE_ACTIONS:
+        return SCOPE_PROJECTS_WRITE
+    return SCOPE_ADMIN
 
 
 def authorize_scopes(scopes: frozenset[str] | set[str] | list[str], action: Action) -> None:
@@ -170,15 +250,38 @@ def _owns(user: User, obj: object) -> bool:
         return obj.user_id is not None and obj.user_id == user.id
     if isinstance(obj, Institution):
         return user.institution_id is not None and obj.id == user.institution_id
+    if isinstance(obj, Project):
+        return is_or_was_member(user, obj)
+    if isinstance(obj, ChangeRequest):
+        return is_or_was_member(user, obj.project)
     return False
+
+
+def _leads(user: User, obj: object) -> bool:
+    if isinstance(obj, ChangeRequest):
+        obj = obj.project
+    return isinstance(obj, Project) and obj.lead_id == user.id
+
+
+def is_or_was_member(user: User, project: Project) -> bool:
+    """Whether the user leads the project or has a membership row in it (current or ended)."""
+    return project.lead_id == user.id or any(m.user_id == user.id for m in project.members)
 
 
 _READ_OF: Mapping[type, Action] = {
     User: Action.USER_READ,
     TotpToken: Action.TOKEN_READ,
     Institution: Action.INSTITUTION_READ,
+    Project: Action.PROJECT_READ,
+    ChangeRequest: Action.PROJECT_READ,
 }
-_NAMES: Mapping[type, str] = {User: "User", TotpToken: "Token", Institution: "Institution"}
+_NAMES: Mapping[type, str] = {
+    User: "User",
+    TotpToken: "Token",
+    Institution: "Institution",
+    Project: "Project",
+    ChangeRequest: "Request",
+}
 
 
 def can_see(user: User, obj: object) -> bool:
@@ -186,8 +289,7 @@ def can_see(user: User, obj: object) -> bool:
     read = _READ_OF.get(type(obj))
     if read is None:
         return False
-    reach = _reach(user, read)
-    return reach is Reach.ANY or (reach is Reach.OWN and _owns(user, obj))
+    return _reaches(user, _reach(user, read), obj)
 
 
 def can(user: User, action: Action, obj: object | None = None) -> bool:
@@ -195,9 +297,19 @@ def can(user: User, action: Action, obj: object | None = None) -> bool:
     reach = _reach(user, action)
     if reach is None:
         return False
-    if obj is None or reach is Reach.ANY:
+    if obj is None:
         return True
-    return _owns(user, obj)
+    return _reaches(user, reach, obj)
+
+
+def _reaches(user: User, reach: Reach | None, obj: object) -> bool:
+    if reach is Reach.ANY:
+        return True
+    if reach is Reach.OWN:
+        return _owns(user, obj)
+    if reach is Reach.LEAD:
+        return _leads(user, obj)
+    return False
 
 
 def authorize(user: User, action: Action, obj: object | None = None) -> None:
@@ -276,4 +388,27 @@ def visible_institutions(stmt: S, user: User) -> S:
         return stmt
     if reach is Reach.OWN and user.institution_id is not None:
         return stmt.where(Institution.id == user.institution_id)
+    return stmt.where(false())
+
+
+def visible_projects(stmt: S, user: User) -> S:
+    """Narrow a `select(Project)` to the projects the user may see: all for staff who read
+    projects; for a researcher, those they lead or are or were a member of."""
+    reach = _reach(user, Action.PROJECT_READ)
+    if reach is Reach.ANY:
+        return stmt
+    if reach is Reach.OWN:
+        memberships = select(ProjectMember.project_id).where(ProjectMember.user_id == user.id)
+        return stmt.where(or_(Project.lead_id == user.id, Project.id.in_(memberships)))
+    return stmt.where(false())
+
+
+def visible_requests(stmt: S, user: User) -> S:
+    """Narrow a `select(ChangeRequest)` to the requests of projects the user may see."""
+    reach = _reach(user, Action.PROJECT_READ)
+    if reach is Reach.ANY:
+        return stmt
+    if reach is Reach.OWN:
+        projects = visible_projects(select(Project.id), user)
+        return stmt.where(ChangeRequest.project_id.in_(projects))
     return stmt.where(false())
