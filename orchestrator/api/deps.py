@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.apitokens import effective_scopes, find_api_token
 from orchestrator.config import Settings
-from orchestrator.db import session_scope
 from orchestrator.errors import AuthFailed
 from orchestrator.login import client_address
 from orchestrator.models import ApiToken, User, UserSession, utcnow
@@ -32,14 +33,33 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One unit of work per request: committed when the route returns, rolled back if it raises.
 
-    Scoped to the route function, so the commit happens before the response is sent.
+    Scoped to the route function, so the commit happens before the response is sent. A session
+    connects on first use, so it is made on the event loop; only the end (commit or rollback, and
+    returning the connection) is I/O and goes through the thread pool: one trip, not two.
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with session_scope(factory) as session:
+    session = factory()
+    try:
         yield session
+    except BaseException:
+        # Shielded: also when the request is cancelled (client gone), the connection goes back.
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_finish, session, False)
+        raise
+    await run_in_threadpool(_finish, session, True)
+
+
+def _finish(session: Session, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -130,33 +150,36 @@ def _authenticate(
     return Principal(user, user_session, None, scopes_for_role(user.role))
 
 
-def get_principal(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    now: NowDep,
-    csrf: Annotated[str | None, Depends(submitted_csrf_token)],
+def _has_credentials(request: Request, settings: Settings) -> bool:
+    return "authorization" in request.headers or session_cookie_name(settings) in request.cookies
+
+
+async def get_principal(
+    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
 ) -> Principal:
     """Authenticate by session cookie or `Authorization: Bearer kluis_...`; 401 otherwise.
 
     Cookie-authenticated unsafe requests must carry the session's CSRF token (403 otherwise).
+    Only the database lookup goes through the thread pool (one trip per request).
     """
-    principal = _authenticate(request, session, settings, now, csrf)
+    principal = None
+    if _has_credentials(request, settings):
+        csrf = await submitted_csrf_token(request)
+        principal = await run_in_threadpool(_authenticate, request, session, settings, now, csrf)
     if principal is None:
         raise AuthFailed("Not logged in, or the session has ended.")
     return principal
 
 
-def get_optional_principal(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    now: NowDep,
-    csrf: Annotated[str | None, Depends(submitted_csrf_token)],
+async def get_optional_principal(
+    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
 ) -> Principal | None:
     """Like `get_principal`, but `None` for an anonymous caller or an ended session. Invalid
     bearer tokens and failed CSRF checks are still refused: they are never "anonymous"."""
-    return _authenticate(request, session, settings, now, csrf)
+    if not _has_credentials(request, settings):
+        return None
+    csrf = await submitted_csrf_token(request)
+    return await run_in_threadpool(_authenticate, request, session, settings, now, csrf)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
