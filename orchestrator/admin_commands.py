@@ -19,7 +19,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator import accounts, audit, institutions, passwords, policy, tokens, totp
+from orchestrator import accounts, audit, catalogue, institutions, passwords, policy, tokens, totp
 from orchestrator.config import Environment, Settings
 from orchestrator.db import make_engine, make_sessionmaker, session_scope
 from orchestrator.errors import KluisError
@@ -524,6 +524,7 @@ def demo_data(ctx: typer.Context) -> None:
             )
         for username, full_name, role in DEMO_USERS:
             _demo_user(session, settings, institution, username, full_name, role, now)
+        catalogue.seed_demo_catalogue(session, settings)
     url = settings.effective_public_url
     typer.echo(f"Demo data ready. Log in at {url}/login with one of:")
     for username, _, role in DEMO_USERS:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import __version__, admin_commands
 from orchestrator.api.app import DOCS_URL, create_app
+from orchestrator.catalogue_commands import catalogue_app
 from orchestrator.config import Environment, Settings, load_settings
 from orchestrator.db import script_heads, upgrade_database
 from orchestrator.devcluster.cluster import ClusterError, LocalCluster
@@ -24,6 +25,7 @@ app.add_typer(admin_commands.users_app, name="users")
 app.add_typer(admin_commands.tokens_app, name="tokens")
 app.add_typer(admin_commands.institutions_app, name="institutions")
 app.add_typer(admin_commands.audit_app, name="audit")
+app.add_typer(catalogue_app, name="catalogue")
 app.command("demo-data")(admin_commands.demo_data)
 app.command("demo-code")(admin_commands.demo_code)
 

@@ -327,3 +327,85 @@ class AuditVerifyRead(BaseModel):
 
 
 # --- end of administration -----------------------------------------------------------------------
+
+
+# --- catalogue -----------------------------------------------------------------------------------
+# Datasets and their versions: metadata only, never data. Storage locations and file lists are for
+# staff (docs/security.md, "Dataset catalogue"); researchers get `null` there. Field limits refuse
+# hostile sizes early; `catalogue.py` applies the exact rules with messages that say why.
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=64)
+    title: str = Field(min_length=1, max_length=400)
+    topic: str = Field(min_length=1, max_length=160)
+    description: str = Field(default="", max_length=20_000)
+
+
+class DatasetUpdate(BaseModel):
+    """Only the fields given change; the code never does. `version` is the version last read
+    (optimistic locking)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2_147_483_647)
+    title: str | None = Field(default=None, min_length=1, max_length=400)
+    topic: str | None = Field(default=None, min_length=1, max_length=160)
+    description: str | None = Field(default=None, max_length=20_000)
+
+
+class DatasetVersionCreate(BaseModel):
+    """`location` is a folder relative to the microdata root, such as `persons/2024V1`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=64)
+    location: str = Field(min_length=1, max_length=800)
+    available_from: date
+    available_until: date | None = None
+
+
+class DatasetFileRead(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class DatasetVersionRead(BaseModel):
+    id: int
+    label: str
+    size_bytes: int
+    file_count: int
+    scanned_at: datetime | None
+    available_from: date
+    available_until: date | None
+    available: bool = Field(description="Whether it may be granted today.")
+    created_at: datetime
+    location: str | None = Field(default=None, description="Staff only.")
+    files: list[DatasetFileRead] | None = Field(
+        default=None, description="Staff only, on a single dataset or version."
+    )
+
+
+class DatasetRead(BaseModel):
+    id: int
+    code: str
+    title: str
+    topic: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    versions: list[DatasetVersionRead]
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetRead]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- end of catalogue ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from orchestrator import __version__
 from orchestrator.api import audit as audit_routes
 from orchestrator.api import auth, health, institutions, tokens, users
+from orchestrator.api import catalogue as catalogue_routes
 from orchestrator.api.handlers import install_error_handlers
 from orchestrator.api.middleware import RequestContextMiddleware, security_headers
 from orchestrator.config import Environment, Settings
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(users.router)
     app.include_router(tokens.router)
     app.include_router(audit_routes.router)
+    app.include_router(catalogue_routes.router)
     if settings.environment is not Environment.PRODUCTION:
         # Not in production: third-party script on the API's origin is not worth the risk there.
         app.add_api_route(DOCS_URL, _swagger_ui, include_in_schema=False)
