@@ -235,9 +235,11 @@ def step_up(
     """Verify a fresh code from the user's token (consuming its time step) and mark the session
     as stepped up; returns until when the step-up counts.
 
-    Failures count as failed logins for throttling, so a stolen session cannot be used to guess
-    codes faster than the login form allows. On failure the session is rolled back, the failure
-    is committed in its own transaction and `StepUpFailed` (or `Throttled`) is raised.
+    Like `login.log_in`, the checks end with a commit and the step is consumed first thing in the
+    next transaction (which the caller commits). Failures count as failed logins for throttling,
+    so a stolen session cannot be used to guess codes faster than the login form allows. On
+    failure the session is rolled back, the failure is committed in its own transaction and
+    `StepUpFailed` (or `Throttled`) is raised.
     """
     source = user_session.source
     verdict = throttle.check_throttle(session, settings, user.username, source, now)
