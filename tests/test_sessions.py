@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from factories import make_user
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator import sessions
 from orchestrator.config import Settings
-from orchestrator.models import AuditEvent, LoginAttempt, UserStatus
+from orchestrator.models import AuditEvent, LoginAttempt, UserSession, UserStatus
 from orchestrator.throttle import Throttled
 
 NOW = datetime(2026, 11, 25, 12, 0, 10, tzinfo=UTC)
@@ -292,3 +292,25 @@ def test_require_recent_step_up_never_stepped_up_refused(
         sessions.require_recent_step_up(opened, db_settings, NOW)
     with pytest.raises(sessions.StepUpRequired):
         sessions.require_recent_step_up(None, db_settings, NOW)
+
+
+def test_find_session_concurrent_slide_tolerated(isolated_engine: tuple[Settings, Engine]) -> None:
+    settings, engine = isolated_engine
+    with Session(engine) as session:
+        user = make_user(session, settings).user
+        _, secret = sessions.open_session(session, user, "", "", settings, NOW)
+        session.commit()
+    later = NOW + timedelta(minutes=2)  # due for a slide
+    first, second = Session(engine), Session(engine)
+    try:
+        first.scalar(select(func.count()).select_from(UserSession))  # its snapshot starts here
+        assert sessions.find_session(second, secret, settings, later) is not None
+        second.commit()  # the other request slid it and committed first
+
+        found = sessions.find_session(first, secret, settings, later)
+        first.commit()
+    finally:
+        first.close()
+        second.close()
+
+    assert found is not None
