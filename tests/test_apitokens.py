@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from factories import make_user
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from orchestrator import apitokens
@@ -207,3 +207,28 @@ def test_list_api_tokens_own_newest_first(db_session: Session, db_settings: Sett
     create(db_session, db_settings)  # someone else's
 
     assert apitokens.list_api_tokens(db_session, user) == [second, first]
+
+
+def test_find_api_token_concurrent_use_mark_tolerated(
+    isolated_engine: tuple[Settings, Engine],
+) -> None:
+    settings, engine = isolated_engine
+    with Session(engine) as session:
+        user = make_user(session, settings).user
+        _, plaintext = apitokens.create_api_token(
+            session, user, "ci", ["read"], 1, settings, now=NOW
+        )
+        session.commit()
+    first, second = Session(engine), Session(engine)
+    try:
+        first.scalar(select(ApiToken.id))  # its snapshot starts here
+        assert apitokens.find_api_token(second, plaintext, NOW) is not None
+        second.commit()  # the other request marked the use and committed first
+
+        found = apitokens.find_api_token(first, plaintext, NOW)
+        first.commit()
+    finally:
+        first.close()
+        second.close()
+
+    assert found is not None
