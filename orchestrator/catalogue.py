@@ -100,8 +100,10 @@ def list_datasets(
     in its normal form, see `clean_topic`).
     """
     stmt = select(Dataset)
-    if query:
-        needle = query.strip().lower()
+    # Control characters can match nothing (they are refused in codes and titles); PostgreSQL
+    # refuses NUL outright, so they are dropped from the search text.
+    needle = "".join(c for c in query or "" if not _has_control(c)).strip().lower()
+    if needle:
         stmt = stmt.where(
             or_(
                 func.lower(Dataset.code).contains(needle, autoescape=True),
@@ -358,8 +360,9 @@ def update_dataset(
     written and `Conflict` says to reload (optimistic locking; a concurrent writer that commits
     between our read and our flush is caught by the ORM's version check the same way).
     """
+    code = dataset.code  # read now: after a failed flush the row can no longer be loaded
     if version != dataset.version:
-        raise _stale(dataset.code, sent=version, current=dataset.version)
+        raise _stale(code, sent=version, current=dataset.version)
     new: dict[str, str] = {}
     if title is not None:
         new["title"] = clean_title(title)
@@ -379,7 +382,7 @@ def update_dataset(
     try:
         session.flush()
     except StaleDataError:
-        raise _stale(dataset.code, sent=version, current=None) from None
+        raise _stale(code, sent=version, current=None) from None
     audit.record(
         session,
         "dataset_updated",
