@@ -39,6 +39,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_S = 10
 ALEMBIC_VERSION_TABLE = "alembic_version"
+WRITE_INTENT = "kluis_write_intent"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -85,11 +86,20 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # A deferred transaction that reads and then writes fails with "database is locked" when
+    # another writer committed in between (WAL snapshots cannot be upgraded). Units of work that
+    # intend to write take the write lock up front instead and queue on busy_timeout.
+    if connection.get_execution_options().get(WRITE_INTENT):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `write=True` for units of work that will write (SQLite then begins
+    with BEGIN IMMEDIATE; PostgreSQL is unaffected)."""
+    bind = engine.execution_options(**{WRITE_INTENT: True}) if write else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager

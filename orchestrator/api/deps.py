@@ -40,7 +40,11 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     connects on first use, so it is made on the event loop; only the end (commit or rollback, and
     returning the connection) is I/O and goes through the thread pool: one trip, not two.
     """
-    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    # Unsafe methods write: on SQLite they take the write lock at BEGIN (see db.py).
+    writes = request.method not in SAFE_METHODS
+    factory: sessionmaker[Session] = (
+        request.app.state.write_sessionmaker if writes else request.app.state.sessionmaker
+    )
     session = factory()
     try:
         yield session
