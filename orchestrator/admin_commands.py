@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import accounts, audit, catalogue, institutions, passwords, policy, tokens, totp
 from orchestrator.config import Environment, Settings
+from orchestrator.costs import seed_demo_tariff
 from orchestrator.db import make_engine, make_sessionmaker, session_scope
 from orchestrator.errors import KluisError
 from orchestrator.models import (
@@ -524,6 +525,7 @@ def demo_data(ctx: typer.Context) -> None:
             )
         for username, full_name, role in DEMO_USERS:
             _demo_user(session, settings, institution, username, full_name, role, now)
+        seed_demo_tariff(session)
         catalogue.seed_demo_catalogue(session, settings)
     url = settings.effective_public_url
     typer.echo(f"Demo data ready. Log in at {url}/login with one of:")
