@@ -4,11 +4,12 @@ area of the API."""
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from orchestrator.models import Role, TokenKind, TokenState, UserStatus
+from orchestrator.models import ChargeKind, Role, TokenKind, TokenState, UserStatus
 
 # --- authentication ------------------------------------------------------------------------------
 # Limits are generous for real input and small enough that hostile input is refused before any
@@ -409,3 +410,104 @@ class DatasetPage(BaseModel):
 
 
 # --- end of catalogue ----------------------------------------------------------------------------
+
+
+# --- costs ---------------------------------------------------------------------------------------
+# Tariffs, quotes, charges and invoice lines. Money is a Decimal (a string in JSON), never float.
+
+Money = Annotated[Decimal, Field(ge=0, le=Decimal("9999999999.99"), decimal_places=2)]
+
+
+class TariffCreate(BaseModel):
+    """A new tariff version; tariffs are never edited (a project keeps the one it was quoted
+    with)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=40)
+    valid_from: date
+    currency: str = Field(default="EUR", min_length=3, max_length=3)
+    base_fee: Money
+    per_researcher_month: Money
+    per_topic_month: Money
+    fee_add_researcher: Money
+    fee_add_dataset: Money
+    fee_extension: Money
+
+
+class TariffRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    label: str
+    valid_from: date
+    currency: str
+    base_fee: Decimal
+    per_researcher_month: Decimal
+    per_topic_month: Decimal
+    fee_add_researcher: Decimal
+    fee_add_dataset: Decimal
+    fee_extension: Decimal
+    created_at: datetime
+
+
+class QuoteLineRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+class QuoteRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    tariff_label: str
+    currency: str
+    months: Decimal
+    lines: list[QuoteLineRead]
+    total: Decimal
+
+
+class ChargeRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: ChargeKind
+    description: str
+    amount: Decimal
+    incurred_on: date
+    change_request_id: int | None
+
+
+class InvoiceLineRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str
+    description: str
+    period_start: date
+    period_end: date
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    currency: str
+
+
+class ProjectCostsRead(BaseModel):
+    """What the lead and staff see: the estimate with the current members and data, the quote
+    the lead accepted, the one-off charges, and what is invoiced from activation to `as_of`."""
+
+    project_code: str
+    as_of: date
+    tariff_label: str | None
+    currency: str | None
+    estimate: QuoteRead | None
+    accepted_quote_total: Decimal | None
+    quote_accepted_at: datetime | None
+    charges: list[ChargeRead]
+    invoiced: list[InvoiceLineRead]
+    invoiced_total: Decimal
+
+
+# --- end of costs --------------------------------------------------------------------------------
