@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from orchestrator.models import ChargeKind, Role, TokenKind, TokenState, UserStatus
+from orchestrator.models import (
+    ChargeKind,
+    MemberRole,
+    ProjectState,
+    RequestKind,
+    RequestState,
+    Role,
+    TokenKind,
+    TokenState,
+    UserStatus,
+)
 
 # --- authentication ------------------------------------------------------------------------------
 # Limits are generous for real input and small enough that hostile input is refused before any
@@ -511,3 +521,205 @@ class ProjectCostsRead(BaseModel):
 
 
 # --- end of costs --------------------------------------------------------------------------------
+
+
+# --- projects ------------------------------------------------------------------------------------
+# Applications, the state machine's steps, members, grants and change requests. Field limits refuse
+# hostile sizes early; `projects.py` and `requests.py` apply the exact rules with messages that
+# say why. State, dates of an approved project, grants and quotes are not fields anyone sends:
+# they change only through the steps (`POST .../transitions/{action}`) and approved requests.
+
+ProjectText = Annotated[str, Field(max_length=20_000)]
+
+
+class ProjectCreate(BaseModel):
+    """An application (a draft). A researcher applies as its lead: `lead_id` is theirs or left
+    out, `code` left out (staff give codes, or one is generated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str | None = Field(default=None, min_length=4, max_length=5, pattern=r"^[0-9]+$")
+    lead_id: DatabaseId | None = None
+    title: str = Field(min_length=1, max_length=400)
+    purpose: ProjectText = Field(min_length=1)
+    compute_size: str = Field(min_length=1, max_length=40)
+    start_date: date
+    end_date: date
+    legal_basis: ProjectText = ""
+    expected_publications: ProjectText = ""
+    dataset_version_ids: list[DatabaseId] = Field(default_factory=list, max_length=200)
+    member_ids: list[DatabaseId] = Field(default_factory=list, max_length=100)
+
+
+class ProjectUpdate(BaseModel):
+    """Changes to a draft; only the fields given change. `version` is the version last read
+    (optimistic locking). `member_ids` and `dataset_version_ids` replace the sets asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2_147_483_647)
+    title: str | None = Field(default=None, min_length=1, max_length=400)
+    purpose: ProjectText | None = Field(default=None, min_length=1)
+    compute_size: str | None = Field(default=None, min_length=1, max_length=40)
+    start_date: date | None = None
+    end_date: date | None = None
+    legal_basis: ProjectText | None = None
+    expected_publications: ProjectText | None = None
+    dataset_version_ids: list[DatabaseId] | None = Field(default=None, max_length=200)
+    member_ids: list[DatabaseId] | None = Field(default=None, max_length=100)
+
+
+class ProjectTransitionCreate(BaseModel):
+    """One step of the state machine. `version` is the version last read; `comment` is required
+    to return, reject and freeze."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2_147_483_647)
+    comment: str = Field(default="", max_length=4_000)
+
+
+class ProjectQuoteLineRead(BaseModel):
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+class ProjectQuoteRead(BaseModel):
+    """The quote stored on the project (an estimate while a draft); only for those who may see
+    the project's costs."""
+
+    tariff_id: int | None
+    lines: list[ProjectQuoteLineRead]
+    total: Decimal | None
+    quoted_at: datetime | None
+    accepted_at: datetime | None
+
+
+class ProjectRead(BaseModel):
+    id: int
+    code: str
+    title: str
+    purpose: str
+    institution_id: int
+    lead_id: int
+    start_date: date
+    end_date: date
+    compute_size: str
+    legal_basis: str
+    expected_publications: str
+    state: ProjectState
+    state_changed_at: datetime
+    review_comments: str
+    requested_dataset_version_ids: list[int]
+    approved_by_id: int | None
+    approved_at: datetime | None
+    activated_at: datetime | None
+    expired_at: datetime | None
+    archived_at: datetime | None
+    deleted_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    actions: list[str] = Field(description="The steps the caller may take now.")
+    quote: ProjectQuoteRead | None = Field(
+        default=None, description="Only for the lead and staff who see costs."
+    )
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class ProjectMemberRead(BaseModel):
+    """One membership period; a member removed and added again has two."""
+
+    id: int
+    user_id: int
+    username: str
+    full_name: str
+    role: MemberRole
+    added_at: datetime
+    removed_at: datetime | None
+
+
+class ProjectGrantRead(BaseModel):
+    id: int
+    dataset_version_id: int
+    dataset_code: str
+    label: str
+    granted_at: datetime
+    revoked_at: datetime | None
+
+
+class ProjectEventRead(BaseModel):
+    """An audit event about the project (amounts left out for those who may not see costs)."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    details: dict[str, Any]
+
+
+class ProjectEventPage(BaseModel):
+    items: list[ProjectEventRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class ChangeRequestCreate(BaseModel):
+    """`user_id` for add_member/remove_member, `dataset_version_id` for add_dataset,
+    `new_end_date` (and a `reason`) for extension."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: RequestKind
+    user_id: DatabaseId | None = None
+    dataset_version_id: DatabaseId | None = None
+    new_end_date: date | None = None
+    reason: str = Field(default="", max_length=4_000)
+
+
+class ChangeRequestDecisionCreate(BaseModel):
+    """Approve, reject (a comment is required) or withdraw; `version` is the version last read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2_147_483_647)
+    comment: str = Field(default="", max_length=4_000)
+
+
+class ChangeRequestRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    project_id: int
+    project_code: str
+    kind: RequestKind
+    state: RequestState
+    payload: dict[str, Any]
+    reason: str
+    requested_by_id: int
+    requested_at: datetime
+    decided_by_id: int | None
+    decided_at: datetime | None
+    decision_comment: str
+    version: int
+
+
+class ChangeRequestPage(BaseModel):
+    items: list[ChangeRequestRead]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- end of projects -----------------------------------------------------------------------------

@@ -1,0 +1,1179 @@
+"""Projects: the application (apply, edit the draft) and the state machine that takes a project
+from draft to deleted. `TRANSITIONS` is the one table of what may happen: (from state, action) ->
+(to state, the policy action whoever does it needs). Every step is authorised, audited
+(`project_<event>`) and notified in the caller's transaction.
+
+Functions take `actor: User | None`; `None` is the system (the scheduler, the command line
+without `--as`), which may take every step the table allows.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import String, cast, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from orchestrator import audit, catalogue, costs, grants, notify, policy
+from orchestrator.accounts import has_valid_statement
+from orchestrator.config import Settings
+from orchestrator.errors import Conflict, Forbidden, Invalid, KluisError, NotFound
+from orchestrator.institutions import add_years, is_authorised
+from orchestrator.models import (
+    AuditEvent,
+    ChangeRequest,
+    DeletionRecord,
+    Grant,
+    MemberRole,
+    Project,
+    ProjectMember,
+    ProjectState,
+    RequestedDataset,
+    Role,
+    User,
+    UserStatus,
+)
+from orchestrator.policy import Action
+
+CODE_PATTERN = re.compile(r"[1-9][0-9]{3,4}")
+MAX_TITLE_LENGTH = 200
+MAX_TEXT_LENGTH = 10_000  # purpose, legal basis, expected publications
+MAX_COMMENT_LENGTH = 2_000
+MAX_MEMBERS = 100
+MAX_DATASETS = 200
+CODE_ATTEMPTS = 50
+
+S = ProjectState
+
+
+class ProjectAction(StrEnum):
+    SUBMIT = "submit"
+    RETURN = "return"
+    REJECT = "reject"
+    QUOTE = "quote"
+    ACCEPT = "accept"
+    APPROVE = "approve"
+    ACTIVATE = "activate"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    EXPIRE = "expire"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+
+
+A = ProjectAction
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where an action leads from one state, and the policy action the actor needs for it."""
+
+    target: ProjectState
+    permission: Action
+
+
+# The state machine. Until approval a data steward may still return (with comments) or reject;
+# a draft may be discarded by its lead; archives and rejected applications are deleted by staff.
+TRANSITIONS: Mapping[tuple[ProjectState, ProjectAction], Step] = {
+    (S.DRAFT, A.SUBMIT): Step(S.SUBMITTED, Action.PROJECT_SUBMIT),
+    (S.DRAFT, A.DELETE): Step(S.DELETED, Action.PROJECT_EDIT),
+    (S.SUBMITTED, A.RETURN): Step(S.DRAFT, Action.PROJECT_REVIEW),
+    (S.SUBMITTED, A.REJECT): Step(S.REJECTED, Action.PROJECT_REVIEW),
+    (S.SUBMITTED, A.QUOTE): Step(S.QUOTED, Action.PROJECT_QUOTE),
+    (S.QUOTED, A.RETURN): Step(S.DRAFT, Action.PROJECT_REVIEW),
+    (S.QUOTED, A.REJECT): Step(S.REJECTED, Action.PROJECT_REVIEW),
+    (S.QUOTED, A.ACCEPT): Step(S.ACCEPTED, Action.PROJECT_ACCEPT),
+    (S.ACCEPTED, A.RETURN): Step(S.DRAFT, Action.PROJECT_REVIEW),
+    (S.ACCEPTED, A.REJECT): Step(S.REJECTED, Action.PROJECT_REVIEW),
+    (S.ACCEPTED, A.APPROVE): Step(S.APPROVED, Action.PROJECT_APPROVE),
+    (S.REJECTED, A.DELETE): Step(S.DELETED, Action.PROJECT_DELETE),
+    (S.APPROVED, A.ACTIVATE): Step(S.ACTIVE, Action.PROJECT_ACTIVATE),
+    (S.APPROVED, A.EXPIRE): Step(S.EXPIRED, Action.PROJECT_CLOSE),
+    (S.ACTIVE, A.FREEZE): Step(S.FROZEN, Action.PROJECT_FREEZE),
+    (S.ACTIVE, A.EXPIRE): Step(S.EXPIRED, Action.PROJECT_CLOSE),
+    (S.FROZEN, A.UNFREEZE): Step(S.ACTIVE, Action.PROJECT_FREEZE),
+    (S.FROZEN, A.EXPIRE): Step(S.EXPIRED, Action.PROJECT_CLOSE),
+    (S.EXPIRED, A.ARCHIVE): Step(S.ARCHIVED, Action.PROJECT_CLOSE),
+    (S.ARCHIVED, A.DELETE): Step(S.DELETED, Action.PROJECT_DELETE),
+}
+
+# The event each action records (`project_<event>` in the audit trail) and notifies.
+EVENTS: Mapping[ProjectAction, str] = {
+    A.SUBMIT: "submitted",
+    A.RETURN: "returned",
+    A.REJECT: "rejected",
+    A.QUOTE: "quoted",
+    A.ACCEPT: "accepted",
+    A.APPROVE: "approved",
+    A.ACTIVATE: "activated",
+    A.FREEZE: "frozen",
+    A.UNFREEZE: "unfrozen",
+    A.EXPIRE: "expired",
+    A.ARCHIVE: "archived",
+    A.DELETE: "deleted",
+}
+# The lead must be told why; a freeze must say why access stops.
+COMMENT_REQUIRED = frozenset({A.RETURN, A.REJECT, A.FREEZE})
+# Steps that give or take away access to microdata: a browser session needs a recent step-up.
+STEP_UP_ACTIONS = frozenset({A.APPROVE, A.FREEZE, A.UNFREEZE, A.DELETE})
+# States in which the workspace may run; the reconciler stops it in every other state.
+ACCESS_STATES = frozenset({S.ACTIVE})
+# Free text of the application, scrubbed at deletion (and never copied into the audit trail).
+FREE_TEXT_FIELDS = ("purpose", "legal_basis", "expected_publications", "review_comments")
+# Keys of audit details that show money: left out of a project's history for those who may not
+# see its costs.
+COST_DETAIL_KEYS = frozenset({"quote_total", "quote_lines", "amount", "charge", "currency"})
+
+
+def allowed_actions(state: ProjectState) -> list[ProjectAction]:
+    """The actions the state machine allows from `state`, in table order."""
+    return [action for (source, action) in TRANSITIONS if source is state]
+
+
+def actions_for(project: Project, actor: User | None) -> list[ProjectAction]:
+    """The steps `actor` may take now (the portal's buttons); all of them for the system."""
+    return [
+        action
+        for action in allowed_actions(project.state)
+        if actor is None
+        or policy.can(actor, TRANSITIONS[(project.state, action)].permission, project)
+    ]
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def find_project_by_code(session: Session, code: str) -> Project | None:
+    code = code.strip()
+    if not CODE_PATTERN.fullmatch(code):
+        return None
+    return session.scalars(select(Project).where(Project.code == code)).one_or_none()
+
+
+def get_project_by_code(session: Session, code: str) -> Project:
+    project = find_project_by_code(session, code)
+    if project is None:
+        raise NotFound("Project not found.")
+    return project
+
+
+def get_project(session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound("Project not found.")
+    return project
+
+
+def list_projects(
+    session: Session,
+    viewer: User | None,
+    *,
+    state: ProjectState | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Project], int]:
+    """One page of the projects the viewer may see (all for the system), by code."""
+    stmt = select(Project)
+    if viewer is not None:
+        stmt = policy.visible_projects(stmt, viewer)
+    if state is not None:
+        stmt = stmt.where(Project.state == state)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    items = session.scalars(stmt.order_by(Project.code).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+def current_members(project: Project) -> list[ProjectMember]:
+    """Membership rows still open (the lead's included)."""
+    return [m for m in project.members if m.removed_at is None]
+
+
+def membership_history(project: Project) -> list[ProjectMember]:
+    """Every membership row, oldest first: a member removed and added again has two rows."""
+    return sorted(project.members, key=lambda m: (m.added_at, m.id))
+
+
+def is_current_member(project: Project, user_id: int) -> bool:
+    return any(m.user_id == user_id for m in current_members(project))
+
+
+def project_history(
+    session: Session, project: Project, *, limit: int = 100, offset: int = 0
+) -> tuple[list[AuditEvent], int]:
+    """The audit events about this project, its change requests and its grants, oldest first."""
+    request_ids = select(cast(ChangeRequest.id, String)).where(
+        ChangeRequest.project_id == project.id
+    )
+    grant_ids = select(cast(Grant.id, String)).where(Grant.project_id == project.id)
+    stmt = select(AuditEvent).where(
+        or_(
+            (AuditEvent.object_type == "project") & (AuditEvent.object_id == str(project.id)),
+            (AuditEvent.object_type == "change_request") & AuditEvent.object_id.in_(request_ids),
+            (AuditEvent.object_type == "grant") & AuditEvent.object_id.in_(grant_ids),
+        )
+    )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(AuditEvent.seq).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def without_costs(details: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of audit details without amounts, for readers who may not see the costs."""
+    return {k: v for k, v in details.items() if k not in COST_DETAIL_KEYS}
+
+
+def grace_until(project: Project, settings: Settings) -> date:
+    """The last day on which an expired project may still be extended back to active."""
+    return project.end_date + timedelta(days=settings.project_grace_days)
+
+
+def retention_until(project: Project, settings: Settings) -> date:
+    """The last day an archived project is kept before people may delete it."""
+    archived = project.archived_at.date() if project.archived_at else project.end_date
+    return add_years(archived, settings.project_retention_years)
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c).startswith("C") and c not in "\n\r\t" for c in text)
+
+
+def clean_text(value: str, field: str, *, maximum: int, required: bool) -> str:
+    """NFC, trimmed, at most `maximum` characters, no control characters but line breaks/tabs."""
+    text = unicodedata.normalize("NFC", value[: maximum * 2]).strip()
+    if required and not text:
+        raise Invalid(f"The {field.replace('_', ' ')} must not be empty.", {"field": field})
+    if len(text) > maximum or _has_control(text):
+        raise Invalid(
+            f"The {field.replace('_', ' ')} must have at most {maximum} characters, "
+            "without control characters.",
+            {"field": field},
+        )
+    return text
+
+
+def clean_title(value: str) -> str:
+    title = clean_text(value, "title", maximum=MAX_TITLE_LENGTH, required=True)
+    if "\n" in title or "\r" in title or "\t" in title:
+        raise Invalid("The title is one line.", {"field": "title"})
+    return title
+
+
+def clean_comment(value: str | None, *, required: bool) -> str:
+    return clean_text(value or "", "comment", maximum=MAX_COMMENT_LENGTH, required=required)
+
+
+def clean_code(value: str) -> str:
+    code = value.strip()
+    if not CODE_PATTERN.fullmatch(code):
+        raise Invalid(
+            "A project code is a number of 4 or 5 digits, not starting with 0.",
+            {"field": "code", "rule": "project_code"},
+        )
+    return code
+
+
+def check_compute_size(size: str, settings: Settings) -> str:
+    if size not in settings.compute_sizes:
+        names = ", ".join(sorted(settings.compute_sizes))
+        raise Invalid(
+            f"The compute size must be one of: {names}.",
+            {"field": "compute_size", "rule": "compute_size"},
+        )
+    return size
+
+
+def check_period(start: date, end: date, settings: Settings, today: date) -> None:
+    if start < today:
+        raise Invalid(
+            "A new project cannot start in the past.",
+            {"field": "start_date", "rule": "start_not_past"},
+        )
+    if end <= start:
+        raise Invalid(
+            "The project must end after it starts.",
+            {"field": "end_date", "rule": "end_after_start"},
+        )
+    latest = add_years(start, settings.max_project_years)
+    if end > latest:
+        raise Invalid(
+            f"A project lasts at most {settings.max_project_years} years: from "
+            f"{start.isoformat()} it may run until {latest.isoformat()} at the latest.",
+            {"field": "end_date", "rule": "max_project_years"},
+        )
+
+
+def standing_problem(user: User, today: date) -> str | None:
+    """Why `user` may not be (or stay) a project member today, or `None` when they may."""
+    if user.role is not Role.RESEARCHER:
+        return "only researchers can be project members"
+    if user.status is not UserStatus.ACTIVE:
+        return f"the account is {user.status.value}"
+    if user.institution is None:
+        return "the account belongs to no institution"
+    if not is_authorised(user.institution, today):
+        return f"the authorisation of {user.institution.name} does not cover today"
+    if not has_valid_statement(user, today):
+        return "there is no valid confidentiality statement"
+    return None
+
+
+def check_standing(user: User, today: date, *, field: str, as_lead: bool = False) -> None:
+    """`Invalid` unless the user is an active researcher of an authorised institution with a
+    valid confidentiality statement."""
+    problem = standing_problem(user, today)
+    if problem is not None:
+        role = "lead" if as_lead else "member"
+        raise Invalid(
+            f"{user.username} cannot be a project {role}: {problem}.",
+            {"field": field, "rule": "member_standing", "user_id": user.id},
+        )
+
+
+def _user(session: Session, user_id: int, field: str) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise Invalid(f"There is no user {user_id}.", {"field": field})
+    return user
+
+
+def available_version_ids(
+    session: Session, version_ids: Iterable[int], today: date, *, field: str
+) -> list[int]:
+    """The ids without duplicates, each a dataset version that may be granted today."""
+    unique = list(dict.fromkeys(version_ids))
+    if len(unique) > MAX_DATASETS:
+        raise Invalid(f"At most {MAX_DATASETS} dataset versions.", {"field": field})
+    for version_id in unique:
+        try:
+            version = catalogue.get_dataset_version_by_id(session, version_id)
+        except NotFound:
+            raise Invalid(f"There is no dataset version {version_id}.", {"field": field}) from None
+        if not catalogue.is_available(version, today):
+            raise Invalid(
+                f"Dataset version {version.dataset.code} {version.label} is not available "
+                f"on {today.isoformat()}.",
+                {"field": field, "rule": "dataset_available", "dataset_version_id": version_id},
+            )
+    return unique
+
+
+def _member_users(
+    session: Session, member_ids: Iterable[int], lead: User, today: date
+) -> list[User]:
+    unique = [i for i in dict.fromkeys(member_ids) if i != lead.id]
+    if len(unique) + 1 > MAX_MEMBERS:
+        raise Invalid(f"At most {MAX_MEMBERS} members.", {"field": "member_ids"})
+    users = [_user(session, i, "member_ids") for i in unique]
+    for user in users:
+        check_standing(user, today, field="member_ids")
+    return users
+
+
+def check_version(project: Project, version: int | None) -> None:
+    """`Conflict` when the caller read another version than the current one (optimistic lock)."""
+    if version is not None and version != project.version:
+        raise _stale(project.code, version, project.version)
+
+
+def _stale(code: str, sent: int | None, current: int | None) -> Conflict:
+    since = f" since you read version {sent}" if sent is not None else ""
+    return Conflict(
+        f"Project {code} was changed by someone else{since}; reload it and try again.",
+        {"rule": "optimistic_lock", "current_version": current},
+    )
+
+
+@contextmanager
+def _optimistic(code: str, version: int | None) -> Iterator[None]:
+    """A concurrent writer that committed since we read the row (the ORM's version check then
+    matches no row at flush) is the same `Conflict` as a stale `version`."""
+    try:
+        yield
+    except StaleDataError:
+        raise _stale(code, version, None) from None
+
+
+# --- the application ------------------------------------------------------------------------------
+
+
+def _new_code(session: Session) -> str:
+    for _ in range(CODE_ATTEMPTS):
+        code = str(10_000 + secrets.randbelow(90_000))
+        if session.scalar(select(Project.id).where(Project.code == code)) is None:
+            return code
+    raise Conflict("No free project code was found; give one.", {"field": "code"})
+
+
+def apply_project(
+    session: Session,
+    settings: Settings,
+    *,
+    actor: User | None,
+    now: datetime,
+    title: str,
+    purpose: str,
+    compute_size: str,
+    start_date: date,
+    end_date: date,
+    dataset_version_ids: Sequence[int] = (),
+    member_ids: Sequence[int] = (),
+    legal_basis: str = "",
+    expected_publications: str = "",
+    lead_id: int | None = None,
+    code: str | None = None,
+    source: str = "",
+) -> Project:
+    """A new project in DRAFT, its lead a member with role LEAD.
+
+    A researcher applies as the lead of their own project and gets a generated code; staff (or
+    the system) apply on a researcher's behalf (`lead_id`) and may give the code. The lead and
+    every member must be an active researcher of an institution whose authorisation covers today,
+    with a valid confidentiality statement; the requested dataset versions must be available.
+    """
+    today = now.date()
+    if actor is not None:
+        policy.authorize(actor, Action.PROJECT_APPLY)
+        if actor.role is Role.RESEARCHER:
+            if lead_id not in (None, actor.id):
+                raise Forbidden("A researcher applies as the lead of their own project.")
+            if code is not None:
+                raise Forbidden("Project codes are given by staff; leave the code out.")
+            lead_id = actor.id
+    if lead_id is None:
+        raise Invalid("Name the project's lead.", {"field": "lead_id"})
+    lead = _user(session, lead_id, "lead_id")
+    check_standing(lead, today, field="lead_id", as_lead=True)
+    assert lead.institution_id is not None
+    fields = {
+        "title": clean_title(title),
+        "purpose": clean_text(purpose, "purpose", maximum=MAX_TEXT_LENGTH, required=True),
+        "legal_basis": clean_text(
+            legal_basis, "legal_basis", maximum=MAX_TEXT_LENGTH, required=False
+        ),
+        "expected_publications": clean_text(
+            expected_publications, "expected_publications", maximum=MAX_TEXT_LENGTH, required=False
+        ),
+        "compute_size": check_compute_size(compute_size, settings),
+    }
+    check_period(start_date, end_date, settings, today)
+    versions = available_version_ids(
+        session, dataset_version_ids, today, field="dataset_version_ids"
+    )
+    members = _member_users(session, member_ids, lead, today)
+    if code is not None:
+        code = clean_code(code)
+        if session.scalar(select(Project.id).where(Project.code == code)) is not None:
+            raise Conflict(f"Project code {code} is taken.", {"field": "code"})
+    project = Project(
+        code=code or _new_code(session),
+        institution_id=lead.institution_id,
+        lead_id=lead.id,
+        start_date=start_date,
+        end_date=end_date,
+        state=ProjectState.DRAFT,
+        state_changed_at=now,
+        **fields,
+    )
+    project.members.append(ProjectMember(user_id=lead.id, role=MemberRole.LEAD, added_at=now))
+    for user in members:
+        project.members.append(
+            ProjectMember(user_id=user.id, role=MemberRole.RESEARCHER, added_at=now)
+        )
+    for version_id in versions:
+        project.requested_datasets.append(RequestedDataset(dataset_version_id=version_id))
+    session.add(project)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"Project code {project.code} is taken.", {"field": "code"}) from None
+    _estimate_quote(session, project, today)
+    session.flush()
+    audit.record(
+        session,
+        "project_applied",
+        actor=actor,
+        object_type="project",
+        object_id=project.id,
+        source=source,
+        details={
+            "code": project.code,
+            "title": project.title,
+            "lead_id": lead.id,
+            "institution_id": project.institution_id,
+            "member_ids": [u.id for u in members],
+            "dataset_version_ids": versions,
+            "start_date": start_date.isoformat(),
+            "end_date": end_date.isoformat(),
+            "compute_size": project.compute_size,
+        },
+    )
+    return project
+
+
+def update_draft(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int,
+    title: str | None = None,
+    purpose: str | None = None,
+    compute_size: str | None = None,
+    start_date: date | None = None,
+    end_date: date | None = None,
+    legal_basis: str | None = None,
+    expected_publications: str | None = None,
+    dataset_version_ids: Sequence[int] | None = None,
+    member_ids: Sequence[int] | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Change a DRAFT (the lead or staff); `None` leaves a field as it is. `member_ids` and
+    `dataset_version_ids` replace the sets asked for (the lead always stays). Returns the
+    changes made; free text is reported as changed, never copied into the audit trail."""
+    today = now.date()
+    if actor is not None:
+        policy.authorize(actor, Action.PROJECT_EDIT, project)
+    check_version(project, version)
+    if project.state is not ProjectState.DRAFT:
+        raise Conflict(
+            f"Project {project.code} is {project.state.value}: only a draft can be edited; "
+            "changes after approval are requests to a data steward.",
+            {"state": project.state.value, "rule": "draft_only"},
+        )
+    with _optimistic(project.code, version):
+        changes: dict[str, Any] = {}
+        new: dict[str, Any] = {}
+        if title is not None:
+            new["title"] = clean_title(title)
+        for field, value in (
+            ("purpose", purpose),
+            ("legal_basis", legal_basis),
+            ("expected_publications", expected_publications),
+        ):
+            if value is not None:
+                new[field] = clean_text(
+                    value, field, maximum=MAX_TEXT_LENGTH, required=field == "purpose"
+                )
+        if compute_size is not None:
+            new["compute_size"] = check_compute_size(compute_size, settings)
+        if start_date is not None or end_date is not None:
+            new["start_date"] = start_date or project.start_date
+            new["end_date"] = end_date or project.end_date
+            check_period(new["start_date"], new["end_date"], settings, today)
+        for field, value in new.items():
+            old = getattr(project, field)
+            if value != old:
+                setattr(project, field, value)
+                changes[field] = (
+                    "changed" if field in FREE_TEXT_FIELDS else [_jsonable(old), _jsonable(value)]
+                )
+        if member_ids is not None:
+            lead = _user(session, project.lead_id, "lead_id")
+            wanted = {u.id for u in _member_users(session, member_ids, lead, today)}
+            researchers = [m for m in current_members(project) if m.role is MemberRole.RESEARCHER]
+            present = {m.user_id for m in researchers}
+            for member in researchers:
+                if member.user_id not in wanted:
+                    member.removed_at = now
+            for user_id in sorted(wanted - present):
+                project.members.append(
+                    ProjectMember(user_id=user_id, role=MemberRole.RESEARCHER, added_at=now)
+                )
+            if wanted != present:
+                changes["member_ids"] = [sorted(present), sorted(wanted)]
+        if dataset_version_ids is not None:
+            wanted_versions = available_version_ids(
+                session, dataset_version_ids, today, field="dataset_version_ids"
+            )
+            present_versions = {r.dataset_version_id for r in project.requested_datasets}
+            if set(wanted_versions) != present_versions:
+                session.execute(
+                    delete(RequestedDataset).where(
+                        RequestedDataset.project_id == project.id,
+                        RequestedDataset.dataset_version_id.not_in(wanted_versions),
+                    )
+                )
+                session.expire(project, ["requested_datasets"])
+                for version_id in wanted_versions:
+                    if version_id not in present_versions:
+                        session.add(
+                            RequestedDataset(project_id=project.id, dataset_version_id=version_id)
+                        )
+                changes["dataset_version_ids"] = [sorted(present_versions), sorted(wanted_versions)]
+        if not changes:
+            return changes
+        project.updated_at = now  # the row changes (and its version) whatever was edited
+        session.flush()
+        _estimate_quote(session, project, today)
+        session.flush()
+        audit.record(
+            session,
+            "project_updated",
+            actor=actor,
+            object_type="project",
+            object_id=project.id,
+            source=source,
+            details={"code": project.code, "changes": changes, "version": project.version},
+        )
+        return changes
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+# --- quotes ---------------------------------------------------------------------------------------
+
+
+def _store_quote(session: Session, project: Project, on_date: date) -> costs.Quote:
+    tariff = costs.current_tariff(session, on_date)
+    quote = costs.compute_quote(session, project, tariff)
+    project.tariff_id = tariff.id
+    project.tariff = tariff
+    project.quote_lines = quote.as_json()
+    project.quote_total = quote.total
+    return quote
+
+
+def _estimate_quote(session: Session, project: Project, today: date) -> None:
+    """Keep the draft's estimate current (the lead sees what the project would cost). Without a
+    tariff in force there is no estimate yet; the quote step itself then refuses."""
+    try:
+        _store_quote(session, project, today)
+    except KluisError:
+        project.tariff_id = None
+        project.quote_lines = []
+        project.quote_total = None
+
+
+# --- the state machine ----------------------------------------------------------------------------
+
+
+def check_transition(project: Project, action: ProjectAction, actor: User | None) -> Step:
+    """The step `action` takes from the project's state, if `actor` may take it.
+
+    Raises `NotFound` when the actor may not see the project, `Forbidden` when their role never
+    allows this action on it (or not from here), and `Conflict` naming the current state and the
+    actions possible from it when the state machine does not allow the action now.
+    """
+    if actor is not None and not policy.can_see(actor, project):
+        raise NotFound("Project not found.")
+    step = TRANSITIONS.get((project.state, action))
+    if step is None:
+        if actor is not None and not any(
+            policy.can(actor, s.permission, project)
+            for (_, a), s in TRANSITIONS.items()
+            if a is action
+        ):
+            raise Forbidden(f"Your role ({actor.role}) may not {action.value} this project.")
+        possible = allowed_actions(project.state)
+        listed = ", ".join(a.value for a in possible) or "none (this is final)"
+        raise Conflict(
+            f"Project {project.code} is {project.state.value}: it cannot {action.value} from "
+            f"there. Possible now: {listed}.",
+            {
+                "state": project.state.value,
+                "action": action.value,
+                "allowed_actions": [a.value for a in possible],
+            },
+        )
+    if actor is not None:
+        policy.authorize(actor, step.permission, project)
+    return step
+
+
+def transition(
+    session: Session,
+    project: Project,
+    action: ProjectAction,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """Take one step of `TRANSITIONS`, with its effects, audit row and notification.
+
+    `version` (optional for the system) is the version the caller last read: a stale one is a
+    `Conflict`. Approving a project whose start date has come activates it at once.
+    """
+    step = check_transition(project, action, actor)
+    check_version(project, version)
+    comment = clean_comment(comment, required=action in COMMENT_REQUIRED)
+    with _optimistic(project.code, version):
+        _apply(session, project, action, step, actor, now, settings, comment, source)
+        if action is A.APPROVE and project.start_date <= now.date():
+            activate = TRANSITIONS[(project.state, A.ACTIVATE)]
+            _apply(session, project, A.ACTIVATE, activate, actor, now, settings, "", source)
+    return project
+
+
+def _apply(
+    session: Session,
+    project: Project,
+    action: ProjectAction,
+    step: Step,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    comment: str,
+    source: str,
+) -> None:
+    before = project.state
+    details: dict[str, Any] = {"code": project.code, "from": before.value, "to": step.target.value}
+    effect = _EFFECTS.get(action)
+    if effect is not None:
+        details |= effect(session, project, actor, now, settings, comment)
+    project.state = step.target
+    project.state_changed_at = now
+    session.flush()
+    if comment:
+        details["comment"] = comment
+    event = EVENTS[action]
+    audit.record(
+        session,
+        f"project_{event}",
+        actor=actor,
+        object_type="project",
+        object_id=project.id,
+        source=source,
+        details=details,
+    )
+    notify.notify_project_event(session, project, event, actor, comment=comment)
+
+
+Effect = Any  # Callable[[Session, Project, User | None, datetime, Settings, str], dict[str, Any]]
+
+
+def _check_members_standing(project: Project, today: date) -> None:
+    for member in current_members(project):
+        problem = standing_problem(member.user, today)
+        if problem is not None:
+            raise Conflict(
+                f"Project {project.code} cannot go on: {member.user.username} cannot be a "
+                f"project member ({problem}). Remove them from the draft or renew first.",
+                {"rule": "member_standing", "user_id": member.user_id},
+            )
+
+
+def _on_submit(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    _check_members_standing(project, now.date())
+    _estimate_quote(session, project, now.date())
+    return {}
+
+
+def _on_return(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    project.review_comments = c
+    project.quoted_at = None
+    project.quote_accepted_at = None
+    return {}
+
+
+def _on_reject(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    project.review_comments = c
+    return {}
+
+
+def _on_quote(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    try:
+        quote = _store_quote(session, project, now.date())
+    except NotFound as exc:  # no tariff in force: configuration is missing, not the project
+        raise Conflict(exc.message, {"rule": "tariff_missing"}) from None
+    project.quoted_at = now
+    return {
+        "tariff": quote.tariff_label,
+        "currency": quote.currency,
+        "quote_total": str(quote.total),
+    }
+
+
+def _on_accept(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    project.quote_accepted_at = now
+    return {"quote_total": str(project.quote_total)}
+
+
+def _on_approve(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    today = now.date()
+    _check_members_standing(project, today)
+    project.approved_by_id = actor.id if actor is not None else None
+    project.approved_at = now
+    granted = []
+    for requested in project.requested_datasets:
+        version = requested.dataset_version
+        if not catalogue.is_available(version, today):
+            raise Conflict(
+                f"Dataset version {version.dataset.code} {version.label} is no longer "
+                "available; return the application to its lead.",
+                {"rule": "dataset_available", "dataset_version_id": version.id},
+            )
+        grants.grant_dataset(session, project, version, actor, now)
+        granted.append(version.id)
+    return {"granted_dataset_version_ids": granted}
+
+
+def _on_activate(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    if project.start_date > now.date():
+        raise Conflict(
+            f"Project {project.code} starts on {project.start_date.isoformat()}: it becomes "
+            "active then (the scheduler does it).",
+            {"rule": "start_date", "start_date": project.start_date.isoformat()},
+        )
+    project.activated_at = now
+    return {}
+
+
+def _on_expire(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    project.expired_at = now
+    return {"end_date": project.end_date.isoformat()}
+
+
+def _on_archive(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    project.archived_at = now
+    return {}
+
+
+def _on_delete(
+    session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
+) -> dict[str, Any]:
+    if actor is not None and project.state is S.ARCHIVED:
+        kept = retention_until(project, s)
+        if now.date() <= kept:
+            raise Conflict(
+                f"Project {project.code} is archived and kept until {kept.isoformat()} "
+                f"({s.project_retention_years} years); it is deleted after that.",
+                {"rule": "retention", "retention_until": kept.isoformat()},
+            )
+    requests = list(
+        session.scalars(select(ChangeRequest).where(ChangeRequest.project_id == project.id))
+    )
+    revoked = []
+    for grant in grants.active_grants(session, project):
+        grants.revoke_grant(session, grant, actor, now)
+        revoked.append(grant.id)
+    closed = 0
+    for member in current_members(project):
+        member.removed_at = now
+        closed += 1
+    summary = {
+        "title": project.title,
+        "state_before": project.state.value,
+        "institution_id": project.institution_id,
+        "lead_id": project.lead_id,
+        "start_date": project.start_date.isoformat(),
+        "end_date": project.end_date.isoformat(),
+        "dates": {
+            name: getattr(project, name).isoformat() if getattr(project, name) else None
+            for name in ("created_at", "approved_at", "activated_at", "expired_at", "archived_at")
+        },
+        "members": len({m.user_id for m in project.members}),
+        "memberships": [
+            {
+                "user_id": m.user_id,
+                "role": m.role.value,
+                "added_at": m.added_at.isoformat(),
+                "removed_at": m.removed_at.isoformat() if m.removed_at else None,
+            }
+            for m in membership_history(project)
+        ],
+        "grants": [
+            {
+                "dataset_version_id": g.dataset_version_id,
+                "granted_at": g.granted_at.isoformat(),
+                "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None,
+            }
+            for g in sorted(project.grants, key=lambda g: g.id)
+        ],
+        "change_requests": len(requests),
+        "scrubbed": [*FREE_TEXT_FIELDS, "change request reasons and comments"],
+    }
+    for field in FREE_TEXT_FIELDS:
+        setattr(project, field, "")
+    for request in requests:
+        request.reason = ""
+        request.decision_comment = ""
+    project.deleted_at = now
+    session.add(
+        DeletionRecord(
+            project_id=project.id,
+            project_code=project.code,
+            deleted_at=now,
+            deleted_by=actor.username if actor is not None else audit.SYSTEM_ACTOR,
+            summary=summary,
+        )
+    )
+    return {
+        "members_closed": closed,
+        "grants_revoked": revoked,
+        "change_requests": len(requests),
+    }
+
+
+_EFFECTS: Mapping[ProjectAction, Effect] = {
+    A.SUBMIT: _on_submit,
+    A.RETURN: _on_return,
+    A.REJECT: _on_reject,
+    A.QUOTE: _on_quote,
+    A.ACCEPT: _on_accept,
+    A.APPROVE: _on_approve,
+    A.ACTIVATE: _on_activate,
+    A.EXPIRE: _on_expire,
+    A.ARCHIVE: _on_archive,
+    A.DELETE: _on_delete,
+}
+
+
+# --- one function per step (the portal, the command line and the scheduler call these) ----------
+
+
+def submit_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """The lead hands the draft in for review."""
+    return transition(
+        session, project, A.SUBMIT, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def return_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """A data steward sends the application back to draft with comments (required)."""
+    return transition(
+        session, project, A.RETURN, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def reject_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """A data steward refuses the application for good (with a reason)."""
+    return transition(
+        session, project, A.REJECT, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def quote_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """A data steward fixes the quote with the tariff in force today."""
+    return transition(
+        session, project, A.QUOTE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def accept_quote(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """The lead accepts the quote."""
+    return transition(
+        session, project, A.ACCEPT, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def approve_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """A data steward approves: the requested dataset versions are granted, and the project is
+    active at once if its start date has come."""
+    return transition(
+        session, project, A.APPROVE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def activate_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """An approved project becomes active on (or after) its start date; the scheduler calls it."""
+    return transition(
+        session, project, A.ACTIVATE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def freeze_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """Stop access for now (with a reason); grants stay, the workspace is stopped."""
+    return transition(
+        session, project, A.FREEZE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def unfreeze_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    return transition(
+        session, project, A.UNFREEZE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def expire_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """The project has ended (the scheduler at the end date, or staff closing it early)."""
+    return transition(
+        session, project, A.EXPIRE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def archive_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """After the grace period the project is archived (kept, no longer extendable)."""
+    return transition(
+        session, project, A.ARCHIVE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
+
+
+def delete_project(
+    session: Session,
+    project: Project,
+    actor: User | None,
+    now: datetime,
+    settings: Settings,
+    *,
+    version: int | None = None,
+    comment: str = "",
+    source: str = "",
+) -> Project:
+    """Delete: a `DeletionRecord` says what was deleted; the free text is scrubbed, grants are
+    revoked and memberships closed; the row stays in state DELETED. People may delete an archive
+    only after its retention period; the system (the scheduler) decides that itself."""
+    return transition(
+        session, project, A.DELETE, actor, now, settings,
+        version=version, comment=comment, source=source,
+    )  # fmt: skip
