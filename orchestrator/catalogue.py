@@ -37,8 +37,8 @@ MAX_DEPTH = 32
 MAX_PROBLEMS = 20  # a refused scan names at most this many problems
 CHUNK_BYTES = 1 << 20  # files are hashed in 1 MiB reads, never read whole into memory
 
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: should a FIFO be swapped in after the type check, opening it does not hang.
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -110,7 +110,7 @@ def list_datasets(
                 func.lower(Dataset.title).contains(needle, autoescape=True),
             )
         )
-    if topic:
+    if topic and topic.strip():
         stmt = stmt.where(Dataset.topic == clean_topic(topic))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     items = session.scalars(

@@ -481,6 +481,15 @@ def test_list_datasets_query_wildcards_literal(db_session: Session, query: str) 
     assert (items, total) == ([], 0)
 
 
+@pytest.mark.parametrize("topic", ["", "   ", None])
+def test_list_datasets_blank_topic_ignored(db_session: Session, topic: str | None) -> None:
+    make_dataset(db_session, code="AB")
+
+    _items, total = catalogue.list_datasets(db_session, topic=topic)
+
+    assert total == 1
+
+
 def test_list_versions_unscanned_only(db_session: Session) -> None:
     dataset = make_dataset(db_session, code="DS")
     scanned = make_version(db_session, dataset, label="V1")
@@ -577,6 +586,18 @@ def test_scan_version_location_is_a_file_409(
 ) -> None:
     (root / "file.csv").write_bytes(b"x")
     version = add(db_session, settings, make_dataset(db_session), location="file.csv")
+
+    with pytest.raises(Conflict) as refused:
+        catalogue.scan_version(settings, db_session, version)
+
+    assert refused.value.details["rule"] == "location_not_folder"
+
+
+def test_scan_version_location_is_a_fifo_409(
+    db_session: Session, settings: Settings, root: Path
+) -> None:
+    os.mkfifo(root / "pipe")
+    version = add(db_session, settings, make_dataset(db_session), location="pipe")
 
     with pytest.raises(Conflict) as refused:
         catalogue.scan_version(settings, db_session, version)
