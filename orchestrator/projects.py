@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, cast, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -760,7 +760,7 @@ def _apply(
     notify.notify_project_event(session, project, event, actor, comment=comment)
 
 
-Effect = Any  # Callable[[Session, Project, User | None, datetime, Settings, str], dict[str, Any]]
+Effect = Callable[[Session, Project, User | None, datetime, Settings, str], dict[str, Any]]
 
 
 def _check_members_standing(project: Project, today: date) -> None:
@@ -961,219 +961,75 @@ _EFFECTS: Mapping[ProjectAction, Effect] = {
 # --- one function per step (the portal, the command line and the scheduler call these) ----------
 
 
-def submit_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """The lead hands the draft in for review."""
-    return transition(
-        session, project, A.SUBMIT, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
+class StepFunction(Protocol):
+    def __call__(
+        self,
+        session: Session,
+        project: Project,
+        actor: User | None,
+        now: datetime,
+        settings: Settings,
+        *,
+        version: int | None = None,
+        comment: str = "",
+        source: str = "",
+    ) -> Project: ...
 
 
-def return_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """A data steward sends the application back to draft with comments (required)."""
-    return transition(
-        session, project, A.RETURN, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
+def _step_function(action: ProjectAction, doc: str) -> StepFunction:
+    def step(
+        session: Session,
+        project: Project,
+        actor: User | None,
+        now: datetime,
+        settings: Settings,
+        *,
+        version: int | None = None,
+        comment: str = "",
+        source: str = "",
+    ) -> Project:
+        return transition(
+            session, project, action, actor, now, settings,
+            version=version, comment=comment, source=source,
+        )  # fmt: skip
+
+    step.__name__ = step.__qualname__ = f"{action.value}_project"
+    step.__doc__ = doc
+    return step
 
 
-def reject_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """A data steward refuses the application for good (with a reason)."""
-    return transition(
-        session, project, A.REJECT, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def quote_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """A data steward fixes the quote with the tariff in force today."""
-    return transition(
-        session, project, A.QUOTE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def accept_quote(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """The lead accepts the quote."""
-    return transition(
-        session, project, A.ACCEPT, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def approve_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """A data steward approves: the requested dataset versions are granted, and the project is
-    active at once if its start date has come."""
-    return transition(
-        session, project, A.APPROVE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def activate_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """An approved project becomes active on (or after) its start date; the scheduler calls it."""
-    return transition(
-        session, project, A.ACTIVATE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def freeze_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """Stop access for now (with a reason); grants stay, the workspace is stopped."""
-    return transition(
-        session, project, A.FREEZE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def unfreeze_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    return transition(
-        session, project, A.UNFREEZE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def expire_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """The project has ended (the scheduler at the end date, or staff closing it early)."""
-    return transition(
-        session, project, A.EXPIRE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def archive_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """After the grace period the project is archived (kept, no longer extendable)."""
-    return transition(
-        session, project, A.ARCHIVE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
-
-
-def delete_project(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int | None = None,
-    comment: str = "",
-    source: str = "",
-) -> Project:
-    """Delete: a `DeletionRecord` says what was deleted; the free text is scrubbed, grants are
-    revoked and memberships closed; the row stays in state DELETED. People may delete an archive
-    only after its retention period; the system (the scheduler) decides that itself."""
-    return transition(
-        session, project, A.DELETE, actor, now, settings,
-        version=version, comment=comment, source=source,
-    )  # fmt: skip
+submit_project = _step_function(A.SUBMIT, "The lead hands the draft in for review.")
+return_project = _step_function(
+    A.RETURN, "A data steward sends the application back to draft with comments (required)."
+)
+reject_project = _step_function(
+    A.REJECT, "A data steward refuses the application for good (with a reason)."
+)
+quote_project = _step_function(
+    A.QUOTE, "A data steward fixes the quote with the tariff in force today."
+)
+accept_quote = _step_function(A.ACCEPT, "The lead accepts the quote.")
+approve_project = _step_function(
+    A.APPROVE,
+    "A data steward approves: the requested dataset versions are granted, and the project is "
+    "active at once if its start date has come.",
+)
+activate_project = _step_function(
+    A.ACTIVATE, "An approved project becomes active on its start date (the scheduler calls it)."
+)
+freeze_project = _step_function(
+    A.FREEZE, "Stop access for now (with a reason); grants stay, the workspace is stopped."
+)
+unfreeze_project = _step_function(A.UNFREEZE, "Give access back to a frozen project.")
+expire_project = _step_function(
+    A.EXPIRE, "The project has ended (the scheduler at the end date, or staff closing it early)."
+)
+archive_project = _step_function(
+    A.ARCHIVE, "After the grace period the project is archived: kept, no longer extendable."
+)
+delete_project = _step_function(
+    A.DELETE,
+    "Delete: a `DeletionRecord` says what was deleted; the free text is scrubbed, grants are "
+    "revoked and memberships closed; the row stays in state DELETED. People may delete an "
+    "archive only after its retention period; the system (the scheduler) decides that itself.",
+)
