@@ -38,7 +38,18 @@ from orchestrator.web.staff import section, step_up_prompt
 
 log = structlog.get_logger(__name__)
 
-PORTAL_PREFIXES = ("/login", "/logout", "/activate", "/account", "/admin", "/language", "/stepup")
+PORTAL_PREFIXES = (
+    "/login",
+    "/logout",
+    "/activate",
+    "/account",
+    "/admin",
+    "/language",
+    "/stepup",
+    "/projects",
+    "/catalogue",
+    "/review",
+)
 API_PREFIXES = ("/api/", "/healthz", "/readyz", "/version")
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -66,11 +77,20 @@ _PAGES: dict[int, tuple[str, str]] = {
 def install_portal(app: FastAPI, settings: Settings) -> None:
     """Add the portal to an app built by `create_app`; call it after the API's error handlers."""
     # Imported here: the page modules import this one (for `PortalRoute`).
-    from orchestrator.web import pages_account, pages_admin, pages_auth, pages_tokens
+    from orchestrator.web import (
+        pages_account,
+        pages_admin,
+        pages_auth,
+        pages_catalogue,
+        pages_projects,
+        pages_review,
+        pages_tokens,
+    )
 
     app.state.portal = make_portal(settings)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (pages_auth, pages_account, pages_admin, pages_tokens):
+    pages = (pages_auth, pages_account, pages_admin, pages_tokens)
+    for module in (*pages, pages_catalogue, pages_projects, pages_review):
         app.include_router(module.router)
     app.add_exception_handler(KluisError, _browser_or(handle_kluis_error))
     app.add_exception_handler(RequestValidationError, _browser_or(handle_validation_error))

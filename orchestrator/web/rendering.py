@@ -48,6 +48,7 @@ NOTICES: Mapping[str, str] = {
     "session_ended": "The session has been ended.",
     "saved": "Saved.",
     "imported": "%(count)s tokens imported.",
+    "requested": "Your request has been sent to the data stewards.",
 }
 
 
@@ -63,6 +64,7 @@ STAFF_MENU = (
     MenuItem("institutions", "/admin/institutions", "Institutions", Action.INSTITUTION_READ),
     MenuItem("users", "/admin/users", "Accounts", Action.USER_READ),
     MenuItem("tokens", "/admin/tokens", "Tokens", Action.TOKEN_READ),
+    MenuItem("review", "/review/projects", "Review", Action.PROJECT_REVIEW),
 )
 
 

@@ -30,6 +30,7 @@ from orchestrator.web.rendering import reaches_all, render, request_language
 STEPUP_FIELD = "stepup_code"
 MAX_CARRIED_FIELDS = 30
 MAX_CARRIED_LENGTH = 4000
+SECTIONS = frozenset({"admin", "projects", "review"})  # first path segments of `section`
 
 
 def require_staff_page(principal: PagePrincipal) -> Principal:
@@ -103,6 +104,7 @@ async def step_up_prompt(request: Request, exc: KluisError) -> Response:
 
 
 def section(request: Request) -> str:
-    """The staff page a form belongs to: `/admin/tokens/7/lost` → `/admin/tokens`."""
+    """The page a form belongs to: `/admin/tokens/7/lost` → `/admin/tokens`, `/projects/1234/submit`
+    → `/projects/1234`, `/review/requests/7/approve` → `/review/requests`."""
     parts = request.url.path.split("/")
-    return "/".join(parts[:3]) if len(parts) >= 3 and parts[1] == "admin" else "/"
+    return "/".join(parts[:3]) if len(parts) >= 3 and parts[1] in SECTIONS else "/"

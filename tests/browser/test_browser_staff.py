@@ -152,7 +152,8 @@ def test_researcher_cannot_open_staff_pages(page: Page, portal: Portal) -> None:
         assert response.status == 403
         expect(page.get_by_role("heading", level=1)).to_have_text("Not allowed")
     page.goto("/account")
-    expect(page.get_by_role("navigation", name="Main menu")).to_have_text("My account")
+    menu = page.get_by_role("navigation", name="Main menu").get_by_role("link")
+    expect(menu).to_have_text(["My projects", "Catalogue", "My account"])
 
 
 def test_staff_creates_and_extends_an_institution(page: Page, portal: Portal) -> None:
