@@ -757,7 +757,24 @@ def _apply(
         source=source,
         details=details,
     )
-    notify.notify_project_event(session, project, event, actor, comment=comment)
+    notify_event(session, settings, project, event, actor, comment=comment)
+
+
+def notify_event(
+    session: Session,
+    settings: Settings,
+    project: Project,
+    event: str,
+    actor: User | None,
+    *,
+    comment: str = "",
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Tell whoever must act (`notify.notify_project_event`, in this transaction). The outbox
+    reads the settings from the session; whoever calls us handed them to us, so they are put
+    there when the session was made without them."""
+    session.info.setdefault("settings", settings)
+    notify.notify_project_event(session, project, event, actor, comment=comment, extra=extra)
 
 
 Effect = Callable[[Session, Project, User | None, datetime, Settings, str], dict[str, Any]]

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit, catalogue, costs, grants, notify, policy, projects
+from orchestrator import audit, catalogue, costs, grants, policy, projects
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.institutions import add_years
@@ -295,8 +295,9 @@ def create_request(
         source=source,
         details={"code": project.code, "kind": kind.value, **payload},
     )
-    notify.notify_project_event(
+    projects.notify_event(
         session,
+        settings,
         project,
         "change_requested",
         actor,
@@ -368,8 +369,9 @@ def approve_request(
         source=source,
         details={"code": project.code, "kind": request.kind.value, "comment": comment, **effect},
     )
-    notify.notify_project_event(
+    projects.notify_event(
         session,
+        settings,
         project,
         "change_approved",
         actor,
@@ -378,7 +380,7 @@ def approve_request(
     )
     if effect.get("reactivated"):
         # Members work again: they are told like at the first activation.
-        notify.notify_project_event(session, project, "activated", actor, comment=comment)
+        projects.notify_event(session, settings, project, "activated", actor, comment=comment)
     return request
 
 
@@ -461,8 +463,9 @@ def reject_request(
         source=source,
         details={"code": request.project.code, "kind": request.kind.value, "comment": comment},
     )
-    notify.notify_project_event(
+    projects.notify_event(
         session,
+        settings,
         request.project,
         "change_rejected",
         actor,
