@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from bench import auth, devcluster
+from bench import auth, devcluster, projects
 
-BENCHMARKS = {"devcluster": devcluster.run, "auth": auth.run}
+BENCHMARKS = {"devcluster": devcluster.run, "auth": auth.run, "projects": projects.run}
 
 
 def main(argv: list[str]) -> int:
