@@ -1,5 +1,6 @@
 """Screenshots of the portal's key pages for the docs, taken in real Chromium from a live server
-with a few demo rows: `.venv/bin/python docs/screenshots/make.py` (rewrites the PNGs here).
+with a few demo rows (projects made through the real domain functions, so their history is real):
+`.venv/bin/python docs/screenshots/make.py` (rewrites the PNGs here).
 
 Uses the browser tests' helpers (`tests/browser/live.py`) and factories, on a throwaway SQLite
 database; needs Debian's `chromium`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,9 +26,11 @@ from browser.live import (  # noqa: E402
 )
 from factories import make_institution, make_totp_token, make_user  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
+from orchestrator import catalogue, costs, projects, requests  # noqa: E402
 from orchestrator.db import make_engine  # noqa: E402
-from orchestrator.models import Role, TokenState, UserStatus  # noqa: E402
+from orchestrator.models import RequestKind, Role, TokenState, User, UserStatus  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 720
 
@@ -69,6 +72,85 @@ def seed(portal: Portal) -> dict[str, object]:
     return {"steward": steward, "researcher": researcher}
 
 
+def seed_projects(portal: Portal, names: dict[str, str]) -> str:
+    """An active project of j.devries with an extension and a new member asked for, and two
+    applications waiting for review; returns the active project's code."""
+    settings = portal.settings
+    with portal.session() as session:
+        session.info["settings"] = settings
+        now = datetime.now(UTC)
+        today = now.date()
+        people = {
+            name: session.scalars(select(User).where(User.username == name)).one()
+            for name in names.values()
+        }
+        lead, steward = people[names["researcher"]], people[names["steward"]]
+        versions = {
+            dataset.code: dataset.versions[0]
+            for dataset in catalogue.seed_demo_catalogue(session, settings)
+        }
+        costs.seed_demo_tariff(session)
+        project = projects.apply_project(
+            session,
+            settings,
+            actor=lead,
+            now=now,
+            title="Income mobility and health",
+            purpose="Whether sudden drops in household income predict hospital admissions "
+            "within two years, by age group and region.",
+            compute_size="medium",
+            start_date=today,
+            end_date=date(today.year + 2, today.month, min(today.day, 28)),
+            dataset_version_ids=[versions["DEMO_PERSONS"].id, versions["DEMO_INCOME"].id],
+            member_ids=[people[names["colleague"]].id],
+            legal_basis="Statistics Netherlands Act, article 41",
+            expected_publications="Two journal articles and a working paper.",
+        )
+        projects.submit_project(session, project, lead, now, settings)
+        projects.quote_project(session, project, steward, now, settings)
+        projects.accept_quote(session, project, lead, now, settings)
+        projects.approve_project(session, project, steward, now, settings)
+        requests.create_request(
+            session,
+            project,
+            lead,
+            now,
+            settings,
+            kind=RequestKind.EXTENSION,
+            new_end_date=project.end_date + timedelta(days=182),
+            reason="The second wave of the health survey arrives half a year later.",
+        )
+        requests.create_request(
+            session,
+            project,
+            lead,
+            now,
+            settings,
+            kind=RequestKind.ADD_MEMBER,
+            user_id=people[names["newcomer"]].id,
+            reason="Takes over the regional analysis.",
+        )
+        for who, title, codes in (
+            ("newcomer", "Commuting and firm productivity", ["DEMO_COMPANIES", "DEMO_PERSONS"]),
+            ("colleague", "Income of young adults after graduation", ["DEMO_INCOME"]),
+        ):
+            other = projects.apply_project(
+                session,
+                settings,
+                actor=people[names[who]],
+                now=now,
+                title=title,
+                purpose="See the attached research plan.",
+                compute_size="small",
+                start_date=today + timedelta(days=30),
+                end_date=today + timedelta(days=395),
+                dataset_version_ids=[versions[code].id for code in codes],
+            )
+            projects.submit_project(session, other, people[names[who]], now, settings)
+        session.commit()
+        return project.code
+
+
 def main() -> None:
     sock = bind_loopback()
     host, port = sock.getsockname()[:2]
@@ -76,8 +158,21 @@ def main() -> None:
     with serve(settings, sock) as url, sync_playwright() as driver:
         portal = Portal(url, settings, make_engine(settings))
         people = seed(portal)
+        code = seed_projects(
+            portal,
+            {
+                "researcher": "j.devries",
+                "colleague": "a.jansen",
+                "newcomer": "m.bakker",
+                "steward": "s.steward",
+            },
+        )
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         shots = [
+            ("project.png", "researcher", f"/projects/{code}", WIDTH, "en-GB"),
+            ("project-320px-nl.png", "researcher", f"/projects/{code}", 320, "nl-NL"),
+            ("review-projects.png", "steward", "/review/projects", WIDTH, "en-GB"),
+            ("review-requests.png", "steward", "/review/requests", WIDTH, "en-GB"),
             ("login.png", None, "/login", WIDTH, "en-GB"),
             ("login-320px.png", None, "/login", 320, "en-GB"),
             ("account.png", "researcher", "/account", WIDTH, "en-GB"),

@@ -316,6 +316,12 @@ DUTCH: Mapping[str, str] = {
     "Edit the application": "De aanvraag wijzigen",
     "Submit for review": "Ter beoordeling indienen",
     "Quote": "Offerte",
+    "Estimate": "Raming",
+    "What the project would cost as it stands; the data steward makes the quote after review.": (
+        "Wat het project zou kosten zoals het nu is; de datasteward maakt de offerte na de "
+        "beoordeling."
+    ),
+    "from %(date)s": "vanaf %(date)s",
     "Item": "Post",
     "Amount": "Bedrag",
     "Total": "Totaal",

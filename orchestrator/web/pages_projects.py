@@ -185,6 +185,10 @@ def staff_actions(user: User, project: Project, today: date) -> list[str]:
     return offered
 
 
+def _currency(project: Project) -> str:
+    return project.tariff.currency if project.tariff is not None else ""
+
+
 def format_money(amount: Decimal | str | None, currency: str) -> str:
     if amount is None:
         return "—"
@@ -553,7 +557,7 @@ def dataset_rows(session: Session, project: Project) -> list[DatasetRow]:
 def quote_table(project: Project) -> MoneyTable | None:
     if not project.quote_lines or project.quote_total is None:
         return None
-    currency = project.tariff.currency if project.tariff is not None else ""
+    currency = _currency(project)
     lines = [
         MoneyLine(str(line.get("description", "")), format_money(line.get("amount"), currency))
         for line in project.quote_lines
@@ -574,15 +578,18 @@ def costs_table(session: Session, project: Project, today: date) -> MoneyTable |
         )
         for line in found.invoiced
     ]
-    currency = project.tariff.currency if project.tariff is not None else ""
+    currency = _currency(project)
     return MoneyTable(lines, format_money(found.invoiced_total, currency))
 
 
 def history_rows(
-    events: Sequence[AuditEvent], _: Translate, *, with_costs: bool
+    events: Sequence[AuditEvent], _: Translate, *, currency: str | None
 ) -> list[HistoryRow]:
+    """The history in the reader's language; amounts only for readers of the costs (`currency`
+    not `None`)."""
     rows = []
     for event in events:
+        with_costs = currency is not None
         details = event.details if with_costs else projects.without_costs(event.details)
         summary = _(HISTORY_LABELS.get(event.action, event.action))
         kind = details.get("kind")
@@ -594,9 +601,9 @@ def history_rows(
         if isinstance(comment, str) and comment:
             summary += f": {comment}"
         if with_costs and "quote_total" in details:
-            summary += f" ({details.get('currency', '')} {details['quote_total']})".replace(
-                "( ", "("
-            )
+            summary += f" ({format_money(details['quote_total'], currency or '')})"
+        if with_costs and "amount" in details:
+            summary += f" ({format_money(details['amount'], currency or '')})"
         rows.append(HistoryRow(event.at, event.actor, summary))
     return rows
 
@@ -626,7 +633,7 @@ def project_page(
         "datasets": dataset_rows(session, project),
         "quote": quote_table(project) if may_see_costs else None,
         "costs": costs_table(session, project, today) if may_see_costs else None,
-        "history": history_rows(events, _, with_costs=may_see_costs),
+        "history": history_rows(events, _, currency=_currency(project) if may_see_costs else None),
         "may_edit": state is ProjectState.DRAFT and policy.can(user, Action.PROJECT_EDIT, project),
         "may_submit": state is ProjectState.DRAFT
         and policy.can(user, Action.PROJECT_SUBMIT, project),
