@@ -19,6 +19,7 @@ from orchestrator.db import script_heads, upgrade_database
 from orchestrator.devcluster.cluster import ClusterError, LocalCluster
 from orchestrator.devcluster.commands import cluster_app
 from orchestrator.log import configure_logging
+from orchestrator.project_commands import projects_app
 
 app = typer.Typer(help="Kluis: secure remote-access research environment.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
@@ -27,6 +28,7 @@ app.add_typer(admin_commands.tokens_app, name="tokens")
 app.add_typer(admin_commands.institutions_app, name="institutions")
 app.add_typer(admin_commands.audit_app, name="audit")
 app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(projects_app, name="projects")
 app.add_typer(schedule_commands.schedule_app, name="schedule")
 app.add_typer(schedule_commands.mail_app, name="mail")
 app.add_typer(schedule_commands.invoices_app, name="invoices")

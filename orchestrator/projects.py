@@ -681,7 +681,7 @@ def check_transition(project: Project, action: ProjectAction, actor: User | None
             for (_, a), s in TRANSITIONS.items()
             if a is action
         ):
-            raise Forbidden(f"Your role ({actor.role}) may not {action.value} this project.")
+            raise _forbidden(actor, action, project)
         possible = allowed_actions(project.state)
         listed = ", ".join(a.value for a in possible) or "none (this is final)"
         raise Conflict(
@@ -693,9 +693,29 @@ def check_transition(project: Project, action: ProjectAction, actor: User | None
                 "allowed_actions": [a.value for a in possible],
             },
         )
-    if actor is not None:
-        policy.authorize(actor, step.permission, project)
+    if actor is not None and not policy.can(actor, step.permission, project):
+        raise _forbidden(actor, action, project, step.permission)
     return step
+
+
+def _forbidden(
+    actor: User, action: ProjectAction, project: Project, permission: Action | None = None
+) -> Forbidden:
+    """Why not: only the lead may (and the actor is not the lead), or not this role at all."""
+    grants = policy.GRANTS.get(actor.role, {})
+    permissions = (
+        [permission]
+        if permission is not None
+        else [s.permission for (_, a), s in TRANSITIONS.items() if a is action]
+    )
+    if any(grants.get(p) is policy.Reach.LEAD for p in permissions):
+        return Forbidden(f"Only the lead of project {project.code} may {action.value} it.")
+    if permission is not None:
+        return Forbidden(
+            f"Your role ({actor.role.value}) may not {action.value} a project that is "
+            f"{project.state.value}."
+        )
+    return Forbidden(f"Your role ({actor.role.value}) may not {action.value} projects.")
 
 
 def transition(
