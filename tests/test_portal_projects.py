@@ -18,6 +18,7 @@ from project_factories import make_dataset_version, make_project, make_tariff, t
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orchestrator import projects
 from orchestrator.api.deps import session_cookie_name
 from orchestrator.config import Settings
 from orchestrator.models import (
@@ -800,3 +801,58 @@ def test_compute_sizes_of_the_form_come_from_settings(
         assert f'<option value="{name}"' in page
     assert f'value="{version.id}"' in page
     assert f'value="{gone.id}"' not in page  # no longer available: not offered
+
+
+@pytest.mark.parametrize("state", list(ProjectState))
+def test_project_page_renders_in_every_state_for_lead_and_steward(
+    browser_client: TestClient, db_session: Session, db_settings: Settings, state: ProjectState
+) -> None:
+    lead, project = lead_with_project(db_session, db_settings, state)
+    steward = make_user(db_session, db_settings, role=Role.DATA_STEWARD)
+    offered = {
+        action.value
+        for action in projects.allowed_actions(state)
+        if action.value in pages_projects.ACTION_LABELS  # its start date, today, has come
+    }
+
+    sign_in(browser_client, db_session, db_settings, lead)
+    as_lead = browser_client.get(f"/projects/{project.code}")
+    sign_in(browser_client, db_session, db_settings, steward)
+    as_steward = browser_client.get(f"/projects/{project.code}")
+
+    assert as_lead.status_code == 200
+    assert as_steward.status_code == 200
+    assert f"badge-{pages_projects.STATE_TONES.get(state, 'info')}" in as_lead.text
+    assert "/review/projects/" not in as_lead.text
+    shown = set(re.findall(rf"/review/projects/{project.code}/(\w+)", as_steward.text))
+    assert shown == offered
+
+
+def test_steward_freezes_with_a_reason_and_a_code_then_unfreezes(
+    browser_client: TestClient, db_session: Session, db_settings: Settings
+) -> None:
+    project = make_project(db_session, state=ProjectState.ACTIVE)
+    steward = make_user(db_session, db_settings, role=Role.DATA_STEWARD)
+    sign_in(browser_client, db_session, db_settings, steward, stepped_up=False)
+    token = csrf(browser_client, f"/projects/{project.code}")
+    form = {"csrf_token": token, "version": str(project.version), "comments": "Audit finding"}
+
+    prompt = browser_client.post(f"/review/projects/{project.code}/freeze", data=form)
+    frozen = browser_client.post(
+        f"/review/projects/{project.code}/freeze", data={**form, "stepup_code": steward.code()}
+    )
+    db_session.refresh(project)
+    state_after_freeze = project.state
+    unfrozen = browser_client.post(
+        f"/review/projects/{project.code}/unfreeze",
+        data={"csrf_token": token, "version": str(project.version)},
+    )
+
+    assert prompt.status_code == 403
+    assert 'name="comments" value="Audit finding"' in prompt.text  # carried to the prompt
+    assert frozen.status_code == 303
+    assert frozen.headers["location"] == f"/projects/{project.code}?done=saved"
+    assert state_after_freeze is ProjectState.FROZEN
+    assert unfrozen.status_code == 303  # within the step-up's few minutes: no second code
+    db_session.refresh(project)
+    assert project.state is ProjectState.ACTIVE
