@@ -42,12 +42,8 @@ NEW_MODULES = (pages_catalogue, pages_projects, pages_review)
 
 
 @pytest.fixture
-def browser_client(
-    app: FastAPI, db_session: Session, db_settings: Settings
-) -> Iterator[TestClient]:
-    """Over https, so the `Secure` `__Host-` cookies of the default settings travel; the
-    session carries the settings, as the app's sessions do (notifications read them)."""
-    db_session.info["settings"] = db_settings
+def browser_client(app: FastAPI) -> Iterator[TestClient]:
+    """Over https, so the `Secure` `__Host-` cookies of the default settings travel."""
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
         yield client
 

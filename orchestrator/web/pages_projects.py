@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 from sqlalchemy.orm import Session
 
 from orchestrator import accounts, catalogue, costs, grants, policy, projects, requests
@@ -45,15 +45,7 @@ from orchestrator.web.pages_admin import parse_day
 from orchestrator.web.portal import PortalRoute
 from orchestrator.web.rendering import reaches_all, redirect, render, request_language
 
-
-def carry_settings(session: SessionDep, settings: SettingsDep) -> None:
-    """Notifications read the settings from the session (`notify.settings_of`); the app's
-    sessions do not carry them yet, so the project pages put them there."""
-    session.info.setdefault("settings", settings)
-
-
-CarrySettings = Depends(carry_settings)
-router = APIRouter(route_class=PortalRoute, include_in_schema=False, dependencies=[CarrySettings])
+router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
 PAGE_SIZE = 50
 MAX_MEMBER_LINES = 100

@@ -23,7 +23,6 @@ from orchestrator.web.browser import MAX_NEXT_LENGTH, FormPrincipal, safe_next
 from orchestrator.web.i18n import translator
 from orchestrator.web.pages_projects import (
     ACTION_LABELS,
-    CarrySettings,
     describe_request,
     format_money,
     project_context,
@@ -34,7 +33,7 @@ from orchestrator.web.portal import PortalRoute
 from orchestrator.web.rendering import redirect, render, request_language
 from orchestrator.web.staff import StaffPrincipal, StepUpCode, authorize_page, confirm_change
 
-router = APIRouter(route_class=PortalRoute, include_in_schema=False, dependencies=[CarrySettings])
+router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
 PAGE_SIZE = 25
 # The queues in the order of the life of a project, with their headings.
