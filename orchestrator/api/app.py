@@ -16,6 +16,7 @@ from orchestrator import __version__
 from orchestrator.api import audit as audit_routes
 from orchestrator.api import auth, health, institutions, tokens, users
 from orchestrator.api import catalogue as catalogue_routes
+from orchestrator.api import costs as cost_routes
 from orchestrator.api import projects as project_routes
 from orchestrator.api.handlers import install_error_handlers
 from orchestrator.api.middleware import RequestContextMiddleware, security_headers
@@ -55,6 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.write_sessionmaker = make_sessionmaker(engine, write=True)
+    # Domain code that needs settings inside a unit of work (e.g. notifications) finds them here.
+    for factory in (app.state.sessionmaker, app.state.write_sessionmaker):
+        factory.configure(info={"settings": settings})
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, headers=security_headers(settings))
     app.include_router(health.router)
@@ -65,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_routes.router)
     app.include_router(catalogue_routes.router)
     app.include_router(project_routes.router)
+    app.include_router(cost_routes.router)
     if settings.environment is not Environment.PRODUCTION:
         # Not in production: third-party script on the API's origin is not worth the risk there.
         app.add_api_route(DOCS_URL, _swagger_ui, include_in_schema=False)
