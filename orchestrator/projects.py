@@ -39,6 +39,7 @@ from orchestrator.models import (
     ProjectMember,
     ProjectState,
     RequestedDataset,
+    RequestState,
     Role,
     User,
     UserStatus,
@@ -898,11 +899,30 @@ def _on_expire(
     return {"end_date": project.end_date.isoformat()}
 
 
+def _close_pending_requests(
+    session: Session, project: Project, actor: User | None, now: datetime, why: str
+) -> list[int]:
+    """Requests still pending can never be approved once a project is archived or deleted:
+    they are rejected, so the data stewards' queue holds only what they can decide."""
+    pending = session.scalars(
+        select(ChangeRequest).where(
+            ChangeRequest.project_id == project.id, ChangeRequest.state == RequestState.PENDING
+        )
+    ).all()
+    for request in pending:
+        request.state = RequestState.REJECTED
+        request.decided_by_id = actor.id if actor is not None else None
+        request.decided_at = now
+        request.decision_comment = why
+    return [r.id for r in pending]
+
+
 def _on_archive(
     session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
 ) -> dict[str, Any]:
     project.archived_at = now
-    return {}
+    closed = _close_pending_requests(session, project, actor, now, "The project was archived.")
+    return {"requests_closed": closed} if closed else {}
 
 
 def _on_delete(
@@ -916,6 +936,9 @@ def _on_delete(
                 f"({s.project_retention_years} years); it is deleted after that.",
                 {"rule": "retention", "retention_until": kept.isoformat()},
             )
+    closed_requests = _close_pending_requests(
+        session, project, actor, now, "The project was deleted."
+    )
     requests = list(
         session.scalars(select(ChangeRequest).where(ChangeRequest.project_id == project.id))
     )
@@ -978,6 +1001,7 @@ def _on_delete(
         "members_closed": closed,
         "grants_revoked": revoked,
         "change_requests": len(requests),
+        "requests_closed": closed_requests,
     }
 
 

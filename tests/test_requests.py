@@ -497,7 +497,7 @@ def test_requests_project_frozen_meanwhile_still_decidable(
     assert request.state is RequestState.APPROVED
 
 
-def test_requests_project_archived_meanwhile_refused(
+def test_requests_pending_ones_close_when_the_project_is_archived(
     db_session: Session, settings: Settings
 ) -> None:
     project = expired_project(db_session, settings, days_ago=1)
@@ -505,10 +505,16 @@ def test_requests_project_archived_meanwhile_refused(
         db_session, settings, project, K.EXTENSION,
         new_end_date=today() + timedelta(days=30), reason="Revision.",
     )  # fmt: skip
+
     projects.archive_project(db_session, project, None, utcnow(), settings)
 
-    with pytest.raises(Conflict, match="archived"):
+    assert request.state is RequestState.REJECTED
+    assert request.decision_comment == "The project was archived."
+    queue, _ = requests.list_requests(db_session, None, state=RequestState.PENDING, limit=500)
+    assert request.id not in {r.id for r in queue}
+    with pytest.raises(Conflict):
         requests.approve_request(db_session, request, make_staff(db_session), utcnow(), settings)
+    assert events(db_session, "project_archived")[-1].details["requests_closed"] == [request.id]
 
 
 # --- withdrawal and locking -----------------------------------------------------------------------
