@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import String, cast, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
 from orchestrator import audit, catalogue, costs, grants, notify, policy
@@ -190,7 +190,16 @@ def list_projects(
     if state is not None:
         stmt = stmt.where(Project.state == state)
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    items = session.scalars(stmt.order_by(Project.code).limit(limit).offset(offset)).all()
+    items = session.scalars(
+        stmt.options(
+            # what a page shows and what visibility checks read, in two queries instead of 2n
+            selectinload(Project.members),
+            selectinload(Project.requested_datasets),
+        )
+        .order_by(Project.code)
+        .limit(limit)
+        .offset(offset)
+    ).all()
     return list(items), total
 
 

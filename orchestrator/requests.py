@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
 from orchestrator import audit, catalogue, costs, grants, policy, projects
@@ -76,7 +76,10 @@ def list_requests(
         stmt = stmt.where(ChangeRequest.state == state)
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     items = session.scalars(
-        stmt.order_by(ChangeRequest.requested_at, ChangeRequest.id).limit(limit).offset(offset)
+        stmt.options(selectinload(ChangeRequest.project))
+        .order_by(ChangeRequest.requested_at, ChangeRequest.id)
+        .limit(limit)
+        .offset(offset)
     ).all()
     return list(items), total
 
