@@ -23,7 +23,7 @@ from project_factories import (
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from orchestrator import audit, projects
+from orchestrator import audit, policy, projects
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.models import (
@@ -41,6 +41,7 @@ from orchestrator.models import (
     User,
     UserStatus,
 )
+from orchestrator.policy import Action
 from orchestrator.projects import ProjectAction
 
 S = ProjectState
@@ -918,3 +919,34 @@ def test_projects_find_by_code_refuses_non_codes(db_session: Session) -> None:
         assert projects.find_project_by_code(db_session, code) is None
     with pytest.raises(NotFound):
         projects.get_project_by_code(db_session, "99999")
+
+
+# --- policy: project actions ----------------------------------------------------------------------
+
+
+def test_projects_policy_scopes_of_project_actions() -> None:
+    assert policy.required_scope(Action.PROJECT_READ) == policy.SCOPE_READ
+    assert policy.required_scope(Action.PROJECT_COSTS_READ) == policy.SCOPE_READ
+    writes = [a for a in Action if a.value.startswith("project.") and "read" not in a.value]
+    assert writes
+    assert {policy.required_scope(a) for a in writes} == {policy.SCOPE_PROJECTS_WRITE}
+    assert policy.SCOPE_PROJECTS_WRITE in policy.scopes_for_role(Role.RESEARCHER)
+    assert policy.SCOPE_PROJECTS_WRITE not in policy.scopes_for_role(Role.OPS)
+
+
+def test_projects_policy_lead_reach(db_session: Session) -> None:
+    member = make_researcher(db_session)
+    project = make_project(db_session, members=[member])
+    request = ChangeRequest(project=project, kind=RequestKind.EXTENSION, payload={})
+
+    assert policy.can(project.lead, Action.PROJECT_SUBMIT, project)
+    assert policy.can(project.lead, Action.PROJECT_REQUEST_CHANGE, request)
+    assert policy.can_see(member, project)
+    assert policy.can_see(member, request)
+    assert not policy.can(member, Action.PROJECT_SUBMIT, project)
+    assert not policy.can(member, Action.PROJECT_COSTS_READ, project)
+    assert not policy.can_see(make_researcher(db_session), project)
+    with pytest.raises(NotFound, match="Project"):
+        policy.authorize(make_researcher(db_session), Action.PROJECT_READ, project)
+    project.lead.status = UserStatus.SUSPENDED
+    assert not policy.can_see(project.lead, project)
