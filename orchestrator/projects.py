@@ -27,7 +27,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from orchestrator import audit, catalogue, costs, grants, notify, policy
 from orchestrator.accounts import has_valid_statement
 from orchestrator.config import Settings
-from orchestrator.errors import Conflict, Forbidden, Invalid, KluisError, NotFound
+from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.institutions import add_years, is_authorised
 from orchestrator.models import (
     AuditEvent,
@@ -651,8 +651,14 @@ def _jsonable(value: Any) -> Any:
 # --- quotes ---------------------------------------------------------------------------------------
 
 
-def _store_quote(session: Session, project: Project, on_date: date) -> costs.Quote:
-    tariff = costs.current_tariff(session, on_date)
+def _store_quote(session: Session, project: Project, today: date) -> costs.Quote:
+    """Compute and store the quote with the tariff valid when the project was applied for (or,
+    when there was none then, the one in force today: `NotFound` if there is none at all)."""
+    applied = project.created_at.date() if project.created_at is not None else today
+    try:
+        tariff = costs.current_tariff(session, applied)
+    except NotFound:
+        tariff = costs.current_tariff(session, today)
     quote = costs.compute_quote(session, project, tariff)
     project.tariff_id = tariff.id
     project.tariff = tariff
@@ -666,7 +672,7 @@ def _estimate_quote(session: Session, project: Project, today: date) -> None:
     tariff in force there is no estimate yet; the quote step itself then refuses."""
     try:
         _store_quote(session, project, today)
-    except KluisError:
+    except NotFound:
         project.tariff_id = None
         project.quote_lines = []
         project.quote_total = None

@@ -696,6 +696,22 @@ def test_projects_quote_stores_the_quote(
     assert event.details["quote_total"] == "4000.00"
 
 
+def test_projects_quote_uses_the_tariff_of_the_application_date(
+    db_session: Session, settings: Settings
+) -> None:
+    old = make_tariff(db_session, valid_from=date(2000, 1, 1))
+    make_tariff(db_session, valid_from=today() - timedelta(days=10), base_fee="9999.00")
+    project = make_project(db_session, state=S.SUBMITTED)
+    project.created_at = utcnow() - timedelta(days=30)
+
+    projects.quote_project(db_session, project, None, utcnow(), settings)
+
+    assert project.tariff_id == old.id
+    late = make_project(db_session, state=S.SUBMITTED)
+    projects.quote_project(db_session, late, None, utcnow(), settings)
+    assert late.tariff_id != old.id
+
+
 def test_projects_quote_without_tariff_is_a_conflict(
     db_session: Session, settings: Settings
 ) -> None:
