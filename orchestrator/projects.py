@@ -1,7 +1,7 @@
-"""Projects: the application (apply, edit the draft) and the state machine that takes a project
-from draft to deleted. `TRANSITIONS` is the one table of what may happen: (from state, action) ->
-(to state, the policy action whoever does it needs). Every step is authorised, audited
-(`project_<event>`) and notified in the caller's transaction.
+"""Projects: the state machine that takes a project from draft to deleted, its steps, and reading
+projects (applying and editing the draft is `applications`). `TRANSITIONS` is the one table of
+what may happen: (from state, action) -> (to state, the policy action whoever does it needs).
+Every step is authorised, audited (`project_<event>`) and notified in the caller's transaction.
 
 Functions take `actor: User | None`; `None` is the system (the scheduler, the command line
 without `--as`), which may take every step the table allows.
@@ -9,50 +9,34 @@ without `--as`), which may take every step the table allows.
 
 from __future__ import annotations
 
-import re
-import secrets
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import String, cast, delete, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
 from orchestrator import audit, catalogue, costs, grants, notify, policy
-from orchestrator.accounts import has_valid_statement
 from orchestrator.config import Settings
-from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
-from orchestrator.institutions import add_years, is_authorised
+from orchestrator.errors import Conflict, Forbidden, NotFound
+from orchestrator.institutions import add_years
 from orchestrator.models import (
     AuditEvent,
     ChangeRequest,
     DeletionRecord,
     Grant,
-    MemberRole,
     Project,
     ProjectMember,
     ProjectState,
-    RequestedDataset,
     RequestState,
-    Role,
     User,
-    UserStatus,
 )
 from orchestrator.policy import Action
-
-CODE_PATTERN = re.compile(r"[1-9][0-9]{3,4}")
-MAX_TITLE_LENGTH = 200
-MAX_TEXT_LENGTH = 10_000  # purpose, legal basis, expected publications
-MAX_COMMENT_LENGTH = 2_000
-MAX_MEMBERS = 100
-MAX_DATASETS = 200
-CODE_ATTEMPTS = 50
+from orchestrator.project_rules import CODE_PATTERN, clean_comment, standing_problem
 
 S = ProjectState
 
@@ -253,143 +237,7 @@ def retention_until(project: Project, settings: Settings) -> date:
     return add_years(archived, settings.project_retention_years)
 
 
-# --- validation -----------------------------------------------------------------------------------
-
-
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(c).startswith("C") and c not in "\n\r\t" for c in text)
-
-
-def clean_text(value: str, field: str, *, maximum: int, required: bool) -> str:
-    """NFC, trimmed, at most `maximum` characters, no control characters but line breaks/tabs."""
-    text = unicodedata.normalize("NFC", value[: maximum * 2]).strip()
-    if required and not text:
-        raise Invalid(f"The {field.replace('_', ' ')} must not be empty.", {"field": field})
-    if len(text) > maximum or _has_control(text):
-        raise Invalid(
-            f"The {field.replace('_', ' ')} must have at most {maximum} characters, "
-            "without control characters.",
-            {"field": field},
-        )
-    return text
-
-
-def clean_title(value: str) -> str:
-    title = clean_text(value, "title", maximum=MAX_TITLE_LENGTH, required=True)
-    if "\n" in title or "\r" in title or "\t" in title:
-        raise Invalid("The title is one line.", {"field": "title"})
-    return title
-
-
-def clean_comment(value: str | None, *, required: bool) -> str:
-    return clean_text(value or "", "comment", maximum=MAX_COMMENT_LENGTH, required=required)
-
-
-def clean_code(value: str) -> str:
-    code = value.strip()
-    if not CODE_PATTERN.fullmatch(code):
-        raise Invalid(
-            "A project code is a number of 4 or 5 digits, not starting with 0.",
-            {"field": "code", "rule": "project_code"},
-        )
-    return code
-
-
-def check_compute_size(size: str, settings: Settings) -> str:
-    if size not in settings.compute_sizes:
-        names = ", ".join(sorted(settings.compute_sizes))
-        raise Invalid(
-            f"The compute size must be one of: {names}.",
-            {"field": "compute_size", "rule": "compute_size"},
-        )
-    return size
-
-
-def check_period(start: date, end: date, settings: Settings, today: date) -> None:
-    if start < today:
-        raise Invalid(
-            "A new project cannot start in the past.",
-            {"field": "start_date", "rule": "start_not_past"},
-        )
-    if end <= start:
-        raise Invalid(
-            "The project must end after it starts.",
-            {"field": "end_date", "rule": "end_after_start"},
-        )
-    latest = add_years(start, settings.max_project_years)
-    if end > latest:
-        raise Invalid(
-            f"A project lasts at most {settings.max_project_years} years: from "
-            f"{start.isoformat()} it may run until {latest.isoformat()} at the latest.",
-            {"field": "end_date", "rule": "max_project_years"},
-        )
-
-
-def standing_problem(user: User, today: date) -> str | None:
-    """Why `user` may not be (or stay) a project member today, or `None` when they may."""
-    if user.role is not Role.RESEARCHER:
-        return "only researchers can be project members"
-    if user.status is not UserStatus.ACTIVE:
-        return f"the account is {user.status.value}"
-    if user.institution is None:
-        return "the account belongs to no institution"
-    if not is_authorised(user.institution, today):
-        return f"the authorisation of {user.institution.name} does not cover today"
-    if not has_valid_statement(user, today):
-        return "there is no valid confidentiality statement"
-    return None
-
-
-def check_standing(user: User, today: date, *, field: str, as_lead: bool = False) -> None:
-    """`Invalid` unless the user is an active researcher of an authorised institution with a
-    valid confidentiality statement."""
-    problem = standing_problem(user, today)
-    if problem is not None:
-        role = "lead" if as_lead else "member"
-        raise Invalid(
-            f"{user.username} cannot be a project {role}: {problem}.",
-            {"field": field, "rule": "member_standing", "user_id": user.id},
-        )
-
-
-def _user(session: Session, user_id: int, field: str) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise Invalid(f"There is no user {user_id}.", {"field": field})
-    return user
-
-
-def available_version_ids(
-    session: Session, version_ids: Iterable[int], today: date, *, field: str
-) -> list[int]:
-    """The ids without duplicates, each a dataset version that may be granted today."""
-    unique = list(dict.fromkeys(version_ids))
-    if len(unique) > MAX_DATASETS:
-        raise Invalid(f"At most {MAX_DATASETS} dataset versions.", {"field": field})
-    for version_id in unique:
-        try:
-            version = catalogue.get_dataset_version_by_id(session, version_id)
-        except NotFound:
-            raise Invalid(f"There is no dataset version {version_id}.", {"field": field}) from None
-        if not catalogue.is_available(version, today):
-            raise Invalid(
-                f"Dataset version {version.dataset.code} {version.label} is not available "
-                f"on {today.isoformat()}.",
-                {"field": field, "rule": "dataset_available", "dataset_version_id": version_id},
-            )
-    return unique
-
-
-def _member_users(
-    session: Session, member_ids: Iterable[int], lead: User, today: date
-) -> list[User]:
-    unique = [i for i in dict.fromkeys(member_ids) if i != lead.id]
-    if len(unique) + 1 > MAX_MEMBERS:
-        raise Invalid(f"At most {MAX_MEMBERS} members.", {"field": "member_ids"})
-    users = [_user(session, i, "member_ids") for i in unique]
-    for user in users:
-        check_standing(user, today, field="member_ids")
-    return users
+# --- versions (optimistic locking) ----------------------------------------------------------------
 
 
 def check_version(project: Project, version: int | None) -> None:
@@ -407,245 +255,13 @@ def _stale(code: str, sent: int | None, current: int | None) -> Conflict:
 
 
 @contextmanager
-def _optimistic(code: str, version: int | None) -> Iterator[None]:
+def optimistic(code: str, version: int | None) -> Iterator[None]:
     """A concurrent writer that committed since we read the row (the ORM's version check then
     matches no row at flush) is the same `Conflict` as a stale `version`."""
     try:
         yield
     except StaleDataError:
         raise _stale(code, version, None) from None
-
-
-# --- the application ------------------------------------------------------------------------------
-
-
-def _new_code(session: Session) -> str:
-    for _ in range(CODE_ATTEMPTS):
-        code = str(10_000 + secrets.randbelow(90_000))
-        if session.scalar(select(Project.id).where(Project.code == code)) is None:
-            return code
-    raise Conflict("No free project code was found; give one.", {"field": "code"})
-
-
-def apply_project(
-    session: Session,
-    settings: Settings,
-    *,
-    actor: User | None,
-    now: datetime,
-    title: str,
-    purpose: str,
-    compute_size: str,
-    start_date: date,
-    end_date: date,
-    dataset_version_ids: Sequence[int] = (),
-    member_ids: Sequence[int] = (),
-    legal_basis: str = "",
-    expected_publications: str = "",
-    lead_id: int | None = None,
-    code: str | None = None,
-    source: str = "",
-) -> Project:
-    """A new project in DRAFT, its lead a member with role LEAD.
-
-    A researcher applies as the lead of their own project and gets a generated code; staff (or
-    the system) apply on a researcher's behalf (`lead_id`) and may give the code. The lead and
-    every member must be an active researcher of an institution whose authorisation covers today,
-    with a valid confidentiality statement; the requested dataset versions must be available.
-    """
-    today = now.date()
-    if actor is not None:
-        policy.authorize(actor, Action.PROJECT_APPLY)
-        if actor.role is Role.RESEARCHER:
-            if lead_id not in (None, actor.id):
-                raise Forbidden("A researcher applies as the lead of their own project.")
-            if code is not None:
-                raise Forbidden("Project codes are given by staff; leave the code out.")
-            lead_id = actor.id
-    if lead_id is None:
-        raise Invalid("Name the project's lead.", {"field": "lead_id"})
-    lead = _user(session, lead_id, "lead_id")
-    check_standing(lead, today, field="lead_id", as_lead=True)
-    assert lead.institution_id is not None
-    fields = {
-        "title": clean_title(title),
-        "purpose": clean_text(purpose, "purpose", maximum=MAX_TEXT_LENGTH, required=True),
-        "legal_basis": clean_text(
-            legal_basis, "legal_basis", maximum=MAX_TEXT_LENGTH, required=False
-        ),
-        "expected_publications": clean_text(
-            expected_publications, "expected_publications", maximum=MAX_TEXT_LENGTH, required=False
-        ),
-        "compute_size": check_compute_size(compute_size, settings),
-    }
-    check_period(start_date, end_date, settings, today)
-    versions = available_version_ids(
-        session, dataset_version_ids, today, field="dataset_version_ids"
-    )
-    members = _member_users(session, member_ids, lead, today)
-    if code is not None:
-        code = clean_code(code)
-        if session.scalar(select(Project.id).where(Project.code == code)) is not None:
-            raise Conflict(f"Project code {code} is taken.", {"field": "code"})
-    project = Project(
-        code=code or _new_code(session),
-        institution_id=lead.institution_id,
-        lead_id=lead.id,
-        start_date=start_date,
-        end_date=end_date,
-        state=ProjectState.DRAFT,
-        state_changed_at=now,
-        **fields,
-    )
-    project.members.append(ProjectMember(user_id=lead.id, role=MemberRole.LEAD, added_at=now))
-    for user in members:
-        project.members.append(
-            ProjectMember(user_id=user.id, role=MemberRole.RESEARCHER, added_at=now)
-        )
-    for version_id in versions:
-        project.requested_datasets.append(RequestedDataset(dataset_version_id=version_id))
-    session.add(project)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"Project code {project.code} is taken.", {"field": "code"}) from None
-    _estimate_quote(session, project, today)
-    session.flush()
-    audit.record(
-        session,
-        "project_applied",
-        actor=actor,
-        object_type="project",
-        object_id=project.id,
-        source=source,
-        details={
-            "code": project.code,
-            "title": project.title,
-            "lead_id": lead.id,
-            "institution_id": project.institution_id,
-            "member_ids": [u.id for u in members],
-            "dataset_version_ids": versions,
-            "start_date": start_date.isoformat(),
-            "end_date": end_date.isoformat(),
-            "compute_size": project.compute_size,
-        },
-    )
-    return project
-
-
-def update_draft(
-    session: Session,
-    project: Project,
-    actor: User | None,
-    now: datetime,
-    settings: Settings,
-    *,
-    version: int,
-    title: str | None = None,
-    purpose: str | None = None,
-    compute_size: str | None = None,
-    start_date: date | None = None,
-    end_date: date | None = None,
-    legal_basis: str | None = None,
-    expected_publications: str | None = None,
-    dataset_version_ids: Sequence[int] | None = None,
-    member_ids: Sequence[int] | None = None,
-    source: str = "",
-) -> dict[str, Any]:
-    """Change a DRAFT (the lead or staff); `None` leaves a field as it is. `member_ids` and
-    `dataset_version_ids` replace the sets asked for (the lead always stays). Returns the
-    changes made; free text is reported as changed, never copied into the audit trail."""
-    today = now.date()
-    if actor is not None:
-        policy.authorize(actor, Action.PROJECT_EDIT, project)
-    check_version(project, version)
-    if project.state is not ProjectState.DRAFT:
-        raise Conflict(
-            f"Project {project.code} is {project.state.value}: only a draft can be edited; "
-            "changes after approval are requests to a data steward.",
-            {"state": project.state.value, "rule": "draft_only"},
-        )
-    with _optimistic(project.code, version):
-        changes: dict[str, Any] = {}
-        new: dict[str, Any] = {}
-        if title is not None:
-            new["title"] = clean_title(title)
-        for field, value in (
-            ("purpose", purpose),
-            ("legal_basis", legal_basis),
-            ("expected_publications", expected_publications),
-        ):
-            if value is not None:
-                new[field] = clean_text(
-                    value, field, maximum=MAX_TEXT_LENGTH, required=field == "purpose"
-                )
-        if compute_size is not None:
-            new["compute_size"] = check_compute_size(compute_size, settings)
-        if start_date is not None or end_date is not None:
-            new["start_date"] = start_date or project.start_date
-            new["end_date"] = end_date or project.end_date
-            check_period(new["start_date"], new["end_date"], settings, today)
-        for field, value in new.items():
-            old = getattr(project, field)
-            if value != old:
-                setattr(project, field, value)
-                changes[field] = (
-                    "changed" if field in FREE_TEXT_FIELDS else [_jsonable(old), _jsonable(value)]
-                )
-        if member_ids is not None:
-            lead = _user(session, project.lead_id, "lead_id")
-            wanted = {u.id for u in _member_users(session, member_ids, lead, today)}
-            researchers = [m for m in current_members(project) if m.role is MemberRole.RESEARCHER]
-            present = {m.user_id for m in researchers}
-            for member in researchers:
-                if member.user_id not in wanted:
-                    member.removed_at = now
-            for user_id in sorted(wanted - present):
-                project.members.append(
-                    ProjectMember(user_id=user_id, role=MemberRole.RESEARCHER, added_at=now)
-                )
-            if wanted != present:
-                changes["member_ids"] = [sorted(present), sorted(wanted)]
-        if dataset_version_ids is not None:
-            wanted_versions = available_version_ids(
-                session, dataset_version_ids, today, field="dataset_version_ids"
-            )
-            present_versions = {r.dataset_version_id for r in project.requested_datasets}
-            if set(wanted_versions) != present_versions:
-                session.execute(
-                    delete(RequestedDataset).where(
-                        RequestedDataset.project_id == project.id,
-                        RequestedDataset.dataset_version_id.not_in(wanted_versions),
-                    )
-                )
-                session.expire(project, ["requested_datasets"])
-                for version_id in wanted_versions:
-                    if version_id not in present_versions:
-                        session.add(
-                            RequestedDataset(project_id=project.id, dataset_version_id=version_id)
-                        )
-                changes["dataset_version_ids"] = [sorted(present_versions), sorted(wanted_versions)]
-        if not changes:
-            return changes
-        project.updated_at = now  # the row changes (and its version) whatever was edited
-        session.flush()
-        _estimate_quote(session, project, today)
-        session.flush()
-        audit.record(
-            session,
-            "project_updated",
-            actor=actor,
-            object_type="project",
-            object_id=project.id,
-            source=source,
-            details={"code": project.code, "changes": changes, "version": project.version},
-        )
-        return changes
-
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, date) else value
 
 
 # --- quotes ---------------------------------------------------------------------------------------
@@ -667,7 +283,7 @@ def _store_quote(session: Session, project: Project, today: date) -> costs.Quote
     return quote
 
 
-def _estimate_quote(session: Session, project: Project, today: date) -> None:
+def estimate_quote(session: Session, project: Project, today: date) -> None:
     """Keep the draft's estimate current (the lead sees what the project would cost). Without a
     tariff in force there is no estimate yet; the quote step itself then refuses."""
     try:
@@ -754,7 +370,7 @@ def transition(
     step = check_transition(project, action, actor)
     check_version(project, version)
     comment = clean_comment(comment, required=action in COMMENT_REQUIRED)
-    with _optimistic(project.code, version):
+    with optimistic(project.code, version):
         _apply(session, project, action, step, actor, now, settings, comment, source)
         if action is A.APPROVE and project.start_date <= now.date():
             activate = TRANSITIONS[(project.state, A.ACTIVATE)]
@@ -831,7 +447,7 @@ def _on_submit(
     session: Session, project: Project, actor: User | None, now: datetime, s: Settings, c: str
 ) -> dict[str, Any]:
     _check_members_standing(project, now.date())
-    _estimate_quote(session, project, now.date())
+    estimate_quote(session, project, now.date())
     return {}
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit, catalogue, costs, grants, policy, projects
+from orchestrator import audit, catalogue, costs, grants, policy, project_rules, projects
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.institutions import add_years
@@ -126,7 +126,7 @@ def _new_member(session: Session, project: Project, user_id: Any, today: date) -
             f"{user.username} is a member of project {project.code} already.",
             {"field": "user_id", "rule": "already_member"},
         )
-    projects.check_standing(user, today, field="user_id")
+    project_rules.check_standing(user, today, field="user_id")
     return user
 
 
@@ -148,7 +148,7 @@ def _leaving_member(project: Project, user_id: Any) -> ProjectMember:
 def _new_dataset(session: Session, project: Project, version_id: Any, today: date) -> int:
     if not isinstance(version_id, int):
         raise Invalid("Name the dataset version.", {"field": "dataset_version_id"})
-    projects.available_version_ids(session, [version_id], today, field="dataset_version_id")
+    project_rules.available_version_ids(session, [version_id], today, field="dataset_version_id")
     if any(g.dataset_version_id == version_id for g in grants.active_grants(session, project)):
         raise Conflict(
             f"Project {project.code} has dataset version {version_id} already.",
@@ -255,7 +255,7 @@ def create_request(
     today = now.date()
     if actor is not None:
         policy.authorize(actor, Action.PROJECT_REQUEST_CHANGE, project)
-    reason = projects.clean_text(
+    reason = project_rules.clean_text(
         reason,
         "reason",
         maximum=MAX_REASON_LENGTH,
@@ -348,7 +348,7 @@ def approve_request(
     check_decider(request, actor)
     _check_version(request, version)
     _check_pending(request)
-    comment = projects.clean_comment(comment, required=False)
+    comment = project_rules.clean_comment(comment, required=False)
     project = request.project
     _check_payload(session, project, request.kind, request.payload, settings, now.date())
     with _optimistic(request.id, version):
@@ -450,7 +450,7 @@ def reject_request(
     check_decider(request, actor)
     _check_version(request, version)
     _check_pending(request)
-    comment = projects.clean_comment(comment, required=True)
+    comment = project_rules.clean_comment(comment, required=True)
     with _optimistic(request.id, version):
         request.state = RequestState.REJECTED
         request.decided_by_id = actor.id if actor is not None else None

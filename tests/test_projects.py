@@ -23,7 +23,7 @@ from project_factories import (
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from orchestrator import audit, policy, projects
+from orchestrator import applications, audit, policy, project_rules, projects
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.models import (
@@ -343,7 +343,7 @@ def test_projects_researcher_applies_as_lead(db_session: Session, settings: Sett
     version = make_dataset_version(db_session)
     make_tariff(db_session)
 
-    project = projects.apply_project(
+    project = applications.apply_project(
         db_session,
         settings,
         actor=lead,
@@ -354,7 +354,7 @@ def test_projects_researcher_applies_as_lead(db_session: Session, settings: Sett
     )
 
     assert project.state is S.DRAFT
-    assert projects.CODE_PATTERN.fullmatch(project.code)
+    assert project_rules.CODE_PATTERN.fullmatch(project.code)
     assert project.lead_id == lead.id
     assert project.institution_id == lead.institution_id
     roles = {(m.user_id, m.role) for m in project.members}
@@ -373,11 +373,11 @@ def test_projects_researcher_cannot_name_another_lead_or_a_code(
     me, other = make_researcher(db_session), make_researcher(db_session)
 
     with pytest.raises(Forbidden, match="own project"):
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=me, now=utcnow(), lead_id=other.id, **application()
         )
     with pytest.raises(Forbidden, match="codes"):
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=me, now=utcnow(), code="4242", **application()
         )
 
@@ -385,14 +385,14 @@ def test_projects_researcher_cannot_name_another_lead_or_a_code(
 def test_projects_staff_apply_with_a_code(db_session: Session, settings: Settings) -> None:
     steward, lead = make_staff(db_session), make_researcher(db_session)
 
-    project = projects.apply_project(
+    project = applications.apply_project(
         db_session, settings, actor=steward, now=utcnow(), lead_id=lead.id, code="4242",
         **application(),
     )  # fmt: skip
 
     assert project.code == "4242"
     with pytest.raises(Conflict, match="taken"):
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=None, now=utcnow(), lead_id=lead.id, code="4242",
             **application(),
         )  # fmt: skip
@@ -403,7 +403,7 @@ def test_projects_bad_code_is_invalid(db_session: Session, settings: Settings, c
     lead = make_researcher(db_session)
 
     with pytest.raises(Invalid, match="4 or 5 digits"):
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=None, now=utcnow(), lead_id=lead.id, code=code,
             **application(),
         )  # fmt: skip
@@ -416,7 +416,7 @@ def test_projects_other_staff_cannot_apply(
     lead = make_researcher(db_session)
 
     with pytest.raises(Forbidden):
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=make_staff(db_session, role), now=utcnow(),
             lead_id=lead.id, **application(),
         )  # fmt: skip
@@ -449,7 +449,7 @@ def test_projects_lead_without_standing_is_refused(
     lead = _lapsed(db_session, lapse)
 
     with pytest.raises(Invalid) as caught:
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=None, now=utcnow(), lead_id=lead.id, **application()
         )
 
@@ -464,7 +464,7 @@ def test_projects_member_without_standing_is_refused(
     lead, member = make_researcher(db_session), _lapsed(db_session, lapse)
 
     with pytest.raises(Invalid) as caught:
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=lead, now=utcnow(), member_ids=[member.id],
             **application(),
         )  # fmt: skip
@@ -492,7 +492,7 @@ def test_projects_invalid_application(
     lead = make_researcher(db_session)
 
     with pytest.raises(Invalid) as caught:
-        projects.apply_project(
+        applications.apply_project(
             db_session, settings, actor=lead, now=utcnow(), **application(**overrides)
         )
 
@@ -504,7 +504,7 @@ def test_projects_longest_period_is_allowed(db_session: Session, settings: Setti
     start = today() + timedelta(days=1)
     end = start.replace(year=start.year + settings.max_project_years)
 
-    project = projects.apply_project(
+    project = applications.apply_project(
         db_session, settings, actor=lead, now=utcnow(),
         **application(start_date=start, end_date=end),
     )  # fmt: skip
@@ -519,7 +519,7 @@ def test_projects_empty_or_control_text_is_invalid(
     lead = make_researcher(db_session)
     for value in ["   ", "bad\x00text", "x" * 20_001]:
         with pytest.raises(Invalid):
-            projects.apply_project(
+            applications.apply_project(
                 db_session, settings, actor=lead, now=utcnow(), **application(**{field: value})
             )
 
@@ -537,7 +537,7 @@ def test_projects_unavailable_or_unknown_dataset_is_invalid(
 
     for version_id in (future.id, withdrawn.id, 2_000_000):
         with pytest.raises(Invalid) as caught:
-            projects.apply_project(
+            applications.apply_project(
                 db_session, settings, actor=lead, now=utcnow(),
                 dataset_version_ids=[version_id], **application(),
             )  # fmt: skip
@@ -555,7 +555,7 @@ def test_projects_update_draft_changes_fields_and_membership_history(
     version = make_dataset_version(db_session)
     now = utcnow()
 
-    changes = projects.update_draft(
+    changes = applications.update_draft(
         db_session,
         project,
         project.lead,
@@ -589,10 +589,10 @@ def test_projects_update_draft_readding_a_member_gives_a_new_row(
     member = make_researcher(db_session)
     project = make_project(db_session, state=S.DRAFT, members=[member])
 
-    projects.update_draft(
+    applications.update_draft(
         db_session, project, None, utcnow(), settings, version=project.version, member_ids=[]
     )
-    projects.update_draft(
+    applications.update_draft(
         db_session, project, None, utcnow(), settings, version=project.version,
         member_ids=[member.id],
     )  # fmt: skip
@@ -613,7 +613,7 @@ def test_projects_only_a_draft_is_edited(
     end = project.end_date
 
     with pytest.raises(Conflict, match="only a draft"):
-        projects.update_draft(
+        applications.update_draft(
             db_session, project, project.lead, utcnow(), settings, version=project.version,
             end_date=end + timedelta(days=300),
         )  # fmt: skip
@@ -628,20 +628,20 @@ def test_projects_draft_edited_by_lead_or_steward_only(
     project = make_project(db_session, state=S.DRAFT, members=[member])
 
     with pytest.raises(Forbidden):
-        projects.update_draft(
+        applications.update_draft(
             db_session, project, member, utcnow(), settings, version=project.version, title="X"
         )
     with pytest.raises(NotFound):
-        projects.update_draft(
+        applications.update_draft(
             db_session, project, outsider, utcnow(), settings, version=project.version, title="X"
         )
     for role in (Role.OUTPUT_CHECKER, Role.OPS):
         with pytest.raises(Forbidden):
-            projects.update_draft(
+            applications.update_draft(
                 db_session, project, make_staff(db_session, role), utcnow(), settings,
                 version=project.version, title="X",
             )  # fmt: skip
-    projects.update_draft(
+    applications.update_draft(
         db_session, project, make_staff(db_session), utcnow(), settings,
         version=project.version, title="Y",
     )  # fmt: skip
@@ -652,7 +652,7 @@ def test_projects_update_draft_stale_version(db_session: Session, settings: Sett
     project = make_project(db_session, state=S.DRAFT)
 
     with pytest.raises(Conflict, match="reload"):
-        projects.update_draft(
+        applications.update_draft(
             db_session, project, project.lead, utcnow(), settings,
             version=project.version + 1, title="X",
         )  # fmt: skip

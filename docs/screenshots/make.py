@@ -28,7 +28,7 @@ from factories import make_institution, make_totp_token, make_user  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from orchestrator import catalogue, costs, projects, requests  # noqa: E402
+from orchestrator import applications, catalogue, costs, projects, requests  # noqa: E402
 from orchestrator.db import make_engine  # noqa: E402
 from orchestrator.models import RequestKind, Role, TokenState, User, UserStatus  # noqa: E402
 
@@ -90,7 +90,7 @@ def seed_projects(portal: Portal, names: dict[str, str]) -> str:
             for dataset in catalogue.seed_demo_catalogue(session, settings)
         }
         costs.seed_demo_tariff(session)
-        project = projects.apply_project(
+        project = applications.apply_project(
             session,
             settings,
             actor=lead,
@@ -134,7 +134,7 @@ def seed_projects(portal: Portal, names: dict[str, str]) -> str:
             ("newcomer", "Commuting and firm productivity", ["DEMO_COMPANIES", "DEMO_PERSONS"]),
             ("colleague", "Income of young adults after graduation", ["DEMO_INCOME"]),
         ):
-            other = projects.apply_project(
+            other = applications.apply_project(
                 session,
                 settings,
                 actor=people[names[who]],

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.orm import Session
 
-from orchestrator import grants, policy, projects, requests
+from orchestrator import applications, grants, policy, projects, requests
 from orchestrator.api.access import allow, require_step_up
 from orchestrator.api.deps import (
     CurrentPrincipal,
@@ -174,7 +174,7 @@ def apply_project(
 ) -> ProjectRead:
     """Apply for a project: a draft, with the caller as its lead (staff name the lead)."""
     allow(principal, Action.PROJECT_APPLY)
-    project = projects.apply_project(
+    project = applications.apply_project(
         session,
         settings,
         actor=principal.user,
@@ -213,7 +213,7 @@ def update_project(
     """Edit a draft (the lead or a data steward); `version` must be the one last read."""
     project = _project(session, principal, code)
     allow(principal, Action.PROJECT_EDIT, project)
-    projects.update_draft(
+    applications.update_draft(
         session,
         project,
         principal.user,

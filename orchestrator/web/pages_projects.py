@@ -19,7 +19,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request, Response
 from sqlalchemy.orm import Session
 
-from orchestrator import accounts, catalogue, costs, grants, policy, projects, requests
+from orchestrator import (
+    accounts,
+    applications,
+    catalogue,
+    costs,
+    grants,
+    policy,
+    projects,
+    requests,
+)
 from orchestrator.api.deps import NowDep, Principal, SessionDep, SettingsDep, request_source
 from orchestrator.config import Settings
 from orchestrator.errors import AuthFailed, Invalid, NotFound
@@ -405,7 +414,7 @@ def apply(
     )  # fmt: skip
     try:
         with session.begin_nested():  # nothing of a refused application stays
-            project = projects.apply_project(
+            project = applications.apply_project(
                 session,
                 settings,
                 actor=principal.user,
@@ -473,7 +482,7 @@ def edit(
     )  # fmt: skip
     try:
         with session.begin_nested():  # a refused change leaves the draft as it was
-            projects.update_draft(
+            applications.update_draft(
                 session,
                 project,
                 principal.user,
