@@ -45,8 +45,8 @@ test: system-packages $(STAMP) cluster-build lint ## Install what is missing, li
 test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick feedback only)
 	$(BIN)/pytest -m "not cluster and not slow"
 
-bench: $(STAMP) cluster-build ## Benchmarks: ratios measured in one run, JSON in bench-results/
-	$(BIN)/python -m bench
+bench: system-packages $(STAMP) cluster-build ## Benchmarks: ratios measured in one run, JSON in bench-results/
+	KLUIS_BENCH_POSTGRES_URL="$$(.ci/postgres)" $(BIN)/python -m bench
 
 clean: ## Remove build outputs, caches and local state (not the compiled binaries)
 	-$(BIN)/kluis cluster down 2>/dev/null
