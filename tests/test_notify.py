@@ -356,3 +356,30 @@ def test_two_concurrent_deliverers_send_each_message_once(
     assert set(ids.values()) == {1}
     assert sum(r.sent for r in reports) == 40
     assert {row.status for row in _rows(factory)} == {OutboxStatus.SENT}
+
+
+@pytest.mark.parametrize("event", sorted(notify.PROJECT_EVENTS))
+def test_each_project_event_arrives_over_smtp(
+    outbox_db: tuple[Settings, sessionmaker[Session]], mail_server: MailServer, event: str
+) -> None:
+    base, factory = outbox_db
+    settings = mail_settings(base, mail_server.port)
+    factory.configure(info={"settings": settings})
+    with session_scope(factory) as session:
+        lead = person(session, "lead@example.org")
+        person(session, "steward@example.org", Role.DATA_STEWARD)
+        project = make_project(session, start=date(2026, 6, 1), end=date(2027, 5, 31), lead=lead)
+        member = add_researcher(session, project, at("2026-06-01 00:00"))
+        member.email = "member@example.org"
+        written = notify.notify_project_event(session, project, event, None)
+        code, expected = project.code, sorted(m.to_address for m in written)
+
+    report = notify.deliver_pending(factory, settings, NOW)
+
+    received = mail_server.inbox.messages
+    assert expected, f"{event} must notify someone"
+    assert report.sent == len(expected)
+    assert sorted(to for m in received for to in m.rcpt_tos) == expected
+    for message in received:
+        assert message.subject.startswith(f"[Kluis] Project {code}: ")
+        assert f"{PUBLIC_URL}/projects/{code}" in message.body
