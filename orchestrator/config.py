@@ -96,6 +96,12 @@ class ComputeSize(BaseModel):
     storage: str
 
 
+class StorageBackend(StrEnum):
+    HOST_PATH = "hostPath"  # development only: refused in production
+    NFS = "nfs"
+    CSI = "csi"
+
+
 class Settings(BaseSettings):
     """Everything Kluis can be configured with. Unsafe production settings fail validation."""
 
@@ -158,6 +164,40 @@ class Settings(BaseSettings):
     mail_from: str = "kluis@localhost"
     outbox_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
 
+    # --- workspaces ---
+    # How workspaces reach the microdata root and the project storage root. hostPath uses the two
+    # roots above as node paths; nfs and csi use the paths below as the roots on the server.
+    storage_backend: StorageBackend = StorageBackend.HOST_PATH
+    storage_nfs_server: str | None = None
+    storage_microdata_path: str = "/microdata"
+    storage_projects_path: str = "/projects"
+    storage_csi_driver: str | None = None
+    # `{path}` is the folder under one of the roots, e.g. "/projects/12345/workspace".
+    storage_csi_volume_handle: str = "{path}"
+    hub_namespace: str = "kluis"
+    hub_service_account: str = "hub"
+    hub_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "kluis",
+            "app.kubernetes.io/component": "hub",
+        }
+    )
+    proxy_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "kluis",
+            "app.kubernetes.io/component": "proxy",
+        }
+    )
+    workspace_server_port: Annotated[int, Field(ge=1, le=65535)] = 8888
+    hub_api_port: Annotated[int, Field(ge=1, le=65535)] = 8081
+    pod_security_version: str = "v1.36"
+
+    # --- reconciler ---
+    kubeconfig: Path | None = None  # default: in-cluster config, else the local dev cluster's
+    reconcile_interval_seconds: Annotated[float, Field(gt=0, le=24 * 3600)] = 300.0  # full resync
+    reconcile_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    field_manager: str = "kluis-reconciler"
+
     @field_validator("data_dir", "cluster_dir", "microdata_root", "project_storage_root")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -197,6 +237,11 @@ class Settings(BaseSettings):
             )
         if not self.cookie_secure:
             problems.append("KLUIS_COOKIE_SECURE=false is refused in production")
+        if self.storage_backend is StorageBackend.HOST_PATH:
+            problems.append(
+                "KLUIS_STORAGE_BACKEND=hostPath is for development only and refused in "
+                "production: use nfs or csi"
+            )
         if self.is_sqlite and not self.allow_sqlite_in_production:
             problems.append(
                 "SQLite is refused in production: set KLUIS_DATABASE_URL to PostgreSQL "

@@ -563,3 +563,39 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str] = mapped_column(String(500), default="")
+
+
+# --- workspaces (observed state) -----------------------------------------------------------------
+
+
+class WorkspacePhase(StrEnum):
+    PENDING = "pending"  # not reconciled yet
+    READY = "ready"  # the cluster holds exactly the desired objects
+    PROGRESSING = "progressing"  # converging (or tearing down); looked at again soon
+    BLOCKED = "blocked"  # cannot converge without help; `reason` says why
+    TORN_DOWN = "torn_down"  # the namespace is gone (GET answered 404)
+
+
+class WorkspaceStatus(Base):
+    """What the reconciler last saw of a project's workspace; written only by the reconciler.
+
+    `desired_hash` is the SHA-256 of the canonical desired object set last converged: an equal hash
+    and no resync due means there is nothing to do (zero API calls)."""
+
+    __tablename__ = "workspace_status"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), unique=True)
+    phase: Mapped[WorkspacePhase] = mapped_column(
+        Enum(WorkspacePhase, native_enum=False, length=20), default=WorkspacePhase.PENDING
+    )
+    reason: Mapped[str] = mapped_column(Text, default="")
+    desired_hash: Mapped[str] = mapped_column(String(64), default="")
+    # [{"kind": "NetworkPolicy", "namespace": "p-1234", "name": "deny-all"}, ...] as applied
+    objects: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    last_reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # consecutive retryable failures
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    project: Mapped[Project] = relationship()
