@@ -198,6 +198,7 @@ def test_docs_page_absent_in_production(tmp_path: Path) -> None:
         secret_key="k" * 32,
         allow_sqlite_in_production=True,
         public_url="https://kluis.example",
+        storage_backend="nfs",
     )
 
     with TestClient(create_app(settings)) as client:

@@ -298,6 +298,7 @@ def test_cli_admin_demo_commands_refused_outside_development(
         "KLUIS_ENVIRONMENT": environment,
         "KLUIS_SECRET_KEY": "x" * 40,
         "KLUIS_ALLOW_SQLITE_IN_PRODUCTION": "true",
+        "KLUIS_STORAGE_BACKEND": "nfs",
     }
 
     data = kluis(env, "demo-data")

@@ -63,6 +63,7 @@ def test_settings_secrets_dir_supplies_secret(
     (secrets / "kluis_database_url").write_text(PG_URL)
     monkeypatch.setenv("KLUIS_SECRETS_DIR", str(secrets))
     monkeypatch.setenv("KLUIS_ENVIRONMENT", "production")
+    monkeypatch.setenv("KLUIS_STORAGE_BACKEND", "nfs")
 
     settings = load_settings()
 
@@ -108,9 +109,27 @@ def test_settings_production_allows_sqlite_when_explicit(tmp_path: Path) -> None
         secret_key=STRONG_KEY,
         data_dir=tmp_path,
         allow_sqlite_in_production=True,
+        storage_backend="nfs",
     )
 
     assert settings.is_sqlite
+    assert settings.unsafe_reasons() == []
+
+
+def test_settings_production_refuses_host_path_storage(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="hostPath is for development only"):
+        Settings(environment="production", secret_key=STRONG_KEY, database_url=PG_URL)
+
+
+def test_settings_production_accepts_nfs_storage(tmp_path: Path) -> None:
+    settings = Settings(
+        environment="production",
+        secret_key=STRONG_KEY,
+        database_url=PG_URL,
+        storage_backend="nfs",
+        storage_nfs_server="nfs.example.org",
+    )
+
     assert settings.unsafe_reasons() == []
 
 
