@@ -20,6 +20,7 @@ from orchestrator.devcluster.cluster import ClusterError, LocalCluster
 from orchestrator.devcluster.commands import cluster_app
 from orchestrator.log import configure_logging
 from orchestrator.project_commands import projects_app
+from orchestrator.workspace_commands import render
 
 app = typer.Typer(help="Kluis: secure remote-access research environment.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
@@ -35,6 +36,7 @@ app.add_typer(schedule_commands.invoices_app, name="invoices")
 app.add_typer(schedule_commands.tariffs_app, name="tariffs")
 app.command("demo-data")(admin_commands.demo_data)
 app.command("demo-code")(admin_commands.demo_code)
+app.command("render")(render)
 
 
 @app.callback()
