@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import __version__, admin_commands, schedule_commands
+from orchestrator import __version__, admin_commands, reconcile_commands, schedule_commands
 from orchestrator.api.app import DOCS_URL, create_app
 from orchestrator.catalogue_commands import catalogue_app
 from orchestrator.config import Environment, Settings, load_settings
@@ -36,6 +36,7 @@ app.add_typer(schedule_commands.invoices_app, name="invoices")
 app.add_typer(schedule_commands.tariffs_app, name="tariffs")
 app.command("demo-data")(admin_commands.demo_data)
 app.command("demo-code")(admin_commands.demo_code)
+app.command("reconcile")(reconcile_commands.reconcile)
 app.command("render")(render)
 
 

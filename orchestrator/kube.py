@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils.quantity import parse_quantity
 
 from orchestrator.config import Settings
 
@@ -263,6 +264,40 @@ class KubeClient:
             return {}
         decoded: dict[str, Any] = json.loads(data)
         return decoded
+
+
+def matches(desired: Any, live: Any) -> bool:
+    """Whether `live` holds everything `desired` says: a subset comparison that ignores fields the
+    server adds (defaults, uid, status) and compares quantities by value ("1024Mi" == "1Gi")."""
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        return all(
+            _empty(value) if key not in live else matches(value, live[key])
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(matches(a, b) for a, b in zip(desired, live, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live  # True == 1 in Python, not in a manifest
+    if desired == live:
+        return True
+    if isinstance(desired, str | int) and isinstance(live, str | int):
+        try:
+            same = parse_quantity(desired) == parse_quantity(live)  # type: ignore[no-untyped-call]
+            return bool(same)
+        except ValueError:
+            return False
+    return False
+
+
+def _empty(value: Any) -> bool:
+    # The server leaves empty strings, maps and lists out of what it returns.
+    return value is None or value == "" or value == {} or value == []
 
 
 def _message(data: bytes | None) -> str:
