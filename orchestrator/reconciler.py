@@ -167,6 +167,7 @@ def reconcile_project(
         else:
             result = _tear_down(session, kube, project, now, status, work)
         status.desired_hash = wanted_hash
+        status.attempts = 0  # only once every call of the pass succeeded
     except Retryable as exc:
         status.attempts += 1
         delay = max(backoff_seconds(status.attempts), exc.retry_after or 0.0)
@@ -305,7 +306,6 @@ def _tear_down(
     stays: Retain). `torn_down` only once the namespace GET answers 404 and no PV is left."""
     name = namespace_name(project.code)
     live = kube.get("Namespace", None, name)
-    status.attempts = 0
     if live is not None:
         meta = live.get("metadata", {})
         since_text = meta.get("deletionTimestamp")

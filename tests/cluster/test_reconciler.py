@@ -3,6 +3,7 @@ provisioning, zero calls when nothing changed, drift repair, pruning, teardown, 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from project_factories import make_dataset_version, make_project, make_researcher, utcnow
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.config import Settings
 from orchestrator.db import make_sessionmaker, session_scope
 from orchestrator.devcluster.cluster import LocalCluster
@@ -38,6 +42,7 @@ pytestmark = pytest.mark.cluster
 
 MUTATING = ("PATCH", "POST", "PUT", "DELETE")
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+HOLD = "kluis.io/test-hold"  # a finalizer nobody removes, to hold a namespace in Terminating
 
 
 @dataclass
@@ -312,3 +317,88 @@ def test_reconcile_all_converges_every_due_project(world: World) -> None:
 
     assert {again.phases[world.code(p)] for p in active} == {WorkspacePhase.READY}
     assert sum(world.kube.calls.values()) == 0
+
+
+def test_stuck_namespace_is_blocked_with_the_reason_and_never_claimed_gone(
+    world: World, kube: client.ApiClient
+) -> None:
+    project_id = world.project()
+    code = world.code(project_id)
+    namespace = namespace_name(code)
+    now = utcnow()
+    world.reconcile(project_id, now)
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="held", finalizers=[HOLD])),
+    )
+    world.set_state(project_id, ProjectState.EXPIRED)
+    world.reconcile(project_id, now + timedelta(seconds=1))
+
+    def finalizers_reported() -> bool:
+        live = world.kube.get("Namespace", None, namespace) or {}
+        conditions = live.get("status", {}).get("conditions") or []
+        return any(
+            c["type"] == "NamespaceFinalizersRemaining" and c["status"] == "True"
+            for c in conditions
+        )
+
+    wait_until(finalizers_reported)
+    stuck = world.reconcile(project_id, utcnow() + timedelta(minutes=5))
+
+    assert stuck.phase is WorkspacePhase.BLOCKED
+    assert HOLD in stuck.reason
+    assert world.kube.get("Namespace", None, namespace) is not None
+
+    core.patch_namespaced_config_map("held", namespace, {"metadata": {"finalizers": None}})
+    deadline = time.monotonic() + 60
+    tick = utcnow() + timedelta(minutes=10)
+    result = stuck
+    while result.phase is not WorkspacePhase.TORN_DOWN:
+        assert time.monotonic() < deadline, result
+        time.sleep(0.5)
+        tick += timedelta(minutes=5)
+        result = world.reconcile(project_id, tick)
+    assert world.kube.get("Namespace", None, namespace) is None
+
+
+def test_unknown_compute_size_is_blocked_without_calling_the_cluster(world: World) -> None:
+    project_id = world.project()
+    with session_scope(world.factory) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        project.compute_size = "enormous"
+    now = utcnow()
+
+    world.kube.calls.clear()
+    first = world.reconcile(project_id, now)
+    again = world.reconcile(project_id, now + timedelta(seconds=5))
+
+    assert first.phase is WorkspacePhase.BLOCKED
+    assert "compute size" in first.reason
+    assert again.phase is WorkspacePhase.BLOCKED
+    assert sum(world.kube.calls.values()) == 0
+
+
+def test_kluis_reconcile_once_provisions_active_projects(
+    world: World, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project_id = world.project()
+    code = world.code(project_id)
+    for name in [n for n in os.environ if n.startswith("KLUIS_")]:
+        monkeypatch.delenv(name)
+    env = {
+        "KLUIS_ENVIRONMENT": "test",
+        "KLUIS_DATA_DIR": str(world.settings.data_dir),
+        "KLUIS_KUBECONFIG": str(cluster.kubeconfig),
+        "KLUIS_LOG_LEVEL": "WARNING",
+    }
+    if world.settings.database_url:
+        env["KLUIS_DATABASE_URL"] = world.settings.database_url
+
+    result = CliRunner().invoke(app, ["reconcile", "--once"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "ready: 1" in result.output
+    assert world.kube.get("Namespace", None, namespace_name(code)) is not None
+    assert world.status(project_id).phase is WorkspacePhase.READY
