@@ -11,14 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from api_helpers import api_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from orchestrator.api.app import create_app
-from orchestrator.api.deps import get_session
 from orchestrator.config import Environment, Settings
 from orchestrator.db import make_engine, upgrade_database
 
@@ -106,13 +105,7 @@ def unmigrated_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 @pytest.fixture
 def app(db_settings: Settings, db_session: Session) -> FastAPI:
     """The real app on the session database; routes share the test's rolled-back session."""
-    app = create_app(db_settings)
-
-    def test_session() -> Iterator[Session]:
-        yield db_session
-
-    app.dependency_overrides[get_session] = test_session
-    return app
+    return api_app(db_settings, db_session)
 
 
 @pytest.fixture

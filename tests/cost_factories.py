@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from functools import partial
 
+import project_factories
 from admin_factories import make_institution, make_user
 from sqlalchemy.orm import Session
 
@@ -31,32 +32,16 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def make_tariff(
-    session: Session,
-    *,
-    label: str | None = None,
-    valid_from: date = date(2001, 1, 1),
-    base_fee: str = "1000.00",
-    per_researcher_month: str = "300.00",
-    per_topic_month: str = "200.00",
-    fee_add_researcher: str = "150.00",
-    fee_add_dataset: str = "100.00",
-    fee_extension: str = "250.00",
-) -> Tariff:
-    tariff = Tariff(
-        label=label or f"T{secrets.token_hex(4)}",
-        valid_from=valid_from,
-        currency="EUR",
-        base_fee=Decimal(base_fee),
-        per_researcher_month=Decimal(per_researcher_month),
-        per_topic_month=Decimal(per_topic_month),
-        fee_add_researcher=Decimal(fee_add_researcher),
-        fee_add_dataset=Decimal(fee_add_dataset),
-        fee_extension=Decimal(fee_extension),
-    )
-    session.add(tariff)
-    session.flush()
-    return tariff
+# The project factories' tariff with the fees the cost tests were written against.
+make_tariff = partial(
+    project_factories.make_tariff,
+    valid_from=date(2001, 1, 1),
+    per_researcher_month="300.00",
+    per_topic_month="200.00",
+    fee_add_researcher="150.00",
+    fee_add_dataset="100.00",
+    fee_extension="250.00",
+)
 
 
 def make_version(session: Session, topic: str, *, code: str | None = None) -> DatasetVersion:

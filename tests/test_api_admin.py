@@ -11,23 +11,21 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pskc
 import pytest
 from admin_factories import make_institution, make_token, make_user, make_user_session
+from api_helpers import act_as, api_app, serve
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator import accounts, policy
-from orchestrator.api.app import create_app
-from orchestrator.api.deps import Principal, get_principal, get_session
+from orchestrator import accounts
 from orchestrator.config import Settings
 from orchestrator.models import (
-    ApiToken,
     Institution,
     Role,
     TokenState,
@@ -69,48 +67,12 @@ def world(db_session: Session) -> World:
 
 @pytest.fixture
 def admin_app(db_settings: Settings, db_session: Session) -> FastAPI:
-    settings = db_settings.model_copy(update={"software_tokens_enabled": True})
-    app = create_app(settings)
-
-    def test_session() -> Iterator[Session]:
-        yield db_session
-
-    app.dependency_overrides[get_session] = test_session
-    return app
+    return api_app(db_settings.model_copy(update={"software_tokens_enabled": True}), db_session)
 
 
 @pytest.fixture
 def api(admin_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(admin_app, raise_server_exceptions=False) as client:
-        yield client
-
-
-def act_as(
-    app: FastAPI,
-    session: Session,
-    user: User,
-    *,
-    stepped_up: bool = True,
-    token_scopes: set[str] | None = None,
-) -> None:
-    """Make `user` the caller: on a browser session (stepped up or not), or on an API token."""
-    if token_scopes is not None:
-        token = ApiToken(
-            prefix=f"p{user.id}",
-            secret_hash="0" * 64,
-            user_id=user.id,
-            name="automation",
-            scopes=sorted(token_scopes),
-            expires_at=datetime.now(UTC) + timedelta(days=1),
-        )
-        session.add(token)
-        session.flush()
-        principal = Principal(user, None, token, frozenset(token_scopes))
-    else:
-        user_session = make_user_session(session, user)
-        user_session.stepped_up_at = datetime.now(UTC) if stepped_up else None
-        principal = Principal(user, user_session, None, policy.scopes_for_role(user.role))
-    app.dependency_overrides[get_principal] = lambda: principal
+    yield from serve(admin_app)
 
 
 def pskc_bytes(*serials: str) -> bytes:

@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from admin_factories import make_user, make_user_session
+from admin_factories import make_user
+from api_helpers import act_as, api_app, serve
 from catalogue_factories import make_dataset, make_version, with_microdata_root, write_files
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator import catalogue, policy
-from orchestrator.api.app import create_app
-from orchestrator.api.deps import Principal, get_principal, get_session
+from orchestrator import catalogue
 from orchestrator.config import Settings
-from orchestrator.models import ApiToken, AuditEvent, Dataset, DatasetVersion, Role, User
+from orchestrator.models import AuditEvent, Dataset, DatasetVersion, Role, User
 
 RES, CHK, STW, OPS = Role.RESEARCHER, Role.OUTPUT_CHECKER, Role.DATA_STEWARD, Role.OPS
 ANONYMOUS = "anonymous"
@@ -60,47 +59,12 @@ def world(db_session: Session, settings: Settings) -> World:
 
 @pytest.fixture
 def catalogue_app(settings: Settings, db_session: Session) -> FastAPI:
-    app = create_app(settings)
-
-    def test_session() -> Iterator[Session]:
-        yield db_session
-
-    app.dependency_overrides[get_session] = test_session
-    return app
+    return api_app(settings, db_session)
 
 
 @pytest.fixture
 def api(catalogue_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(catalogue_app, raise_server_exceptions=False) as client:
-        yield client
-
-
-def act_as(
-    app: FastAPI,
-    session: Session,
-    user: User,
-    *,
-    stepped_up: bool = True,
-    token_scopes: set[str] | None = None,
-) -> None:
-    """Make `user` the caller: on a browser session (stepped up or not), or on an API token."""
-    if token_scopes is not None:
-        token = ApiToken(
-            prefix=f"c{user.id}",
-            secret_hash="0" * 64,
-            user_id=user.id,
-            name="automation",
-            scopes=sorted(token_scopes),
-            expires_at=datetime.now(UTC) + timedelta(days=1),
-        )
-        session.add(token)
-        session.flush()
-        principal = Principal(user, None, token, frozenset(token_scopes))
-    else:
-        user_session = make_user_session(session, user)
-        user_session.stepped_up_at = datetime.now(UTC) if stepped_up else None
-        principal = Principal(user, user_session, None, policy.scopes_for_role(user.role))
-    app.dependency_overrides[get_principal] = lambda: principal
+    yield from serve(catalogue_app)
 
 
 def assert_error_shape(response: Any) -> None:

@@ -6,77 +6,47 @@ from __future__ import annotations
 
 import csv
 import io
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
+import api_helpers
 import pytest
-from admin_factories import make_user, make_user_session
+from admin_factories import make_user
+from api_helpers import api_app, serve
 from cost_factories import add_grant, add_researcher, at, make_project, make_tariff, make_version
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from orchestrator import costs, policy
+from orchestrator import costs
 from orchestrator.api import costs as cost_routes
-from orchestrator.api.app import create_app
-from orchestrator.api.deps import Principal, get_now, get_principal, get_session
+from orchestrator.api.deps import get_now
 from orchestrator.config import Settings
-from orchestrator.models import ApiToken, ChargeKind, Project, ProjectState, Role, User
+from orchestrator.models import ChargeKind, Project, ProjectState, Role, User
 
 NOW = datetime(2026, 8, 31, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def cost_app(db_settings: Settings, db_session: Session) -> FastAPI:
-    app = create_app(db_settings)
-    if not any(getattr(route, "path", "") == "/api/tariffs" for route in app.routes):
-        app.include_router(cost_routes.router)  # until app.py registers it
-    db_session.info["settings"] = db_settings
-
-    def test_session() -> Iterator[Session]:
-        yield db_session
-
     async def now() -> datetime:
         return NOW
 
-    app.dependency_overrides[get_session] = test_session
-    app.dependency_overrides[get_now] = now
+    app = api_app(db_settings, db_session, {get_now: now})
+    if not any(getattr(route, "path", "") == "/api/tariffs" for route in app.routes):
+        app.include_router(cost_routes.router)  # until app.py registers it
+    db_session.info["settings"] = db_settings
     return app
 
 
 @pytest.fixture
 def api(cost_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(cost_app, raise_server_exceptions=False) as client:
-        yield client
+    yield from serve(cost_app)
 
 
-def act_as(
-    app: FastAPI,
-    session: Session,
-    user: User,
-    *,
-    stepped_up: bool = True,
-    token_scopes: set[str] | None = None,
-) -> None:
-    if token_scopes is not None:
-        token = ApiToken(
-            prefix=f"c{secrets.token_hex(6)}",
-            secret_hash="0" * 64,
-            user_id=user.id,
-            name="automation",
-            scopes=sorted(token_scopes),
-            expires_at=NOW + timedelta(days=1),
-        )
-        session.add(token)
-        session.flush()
-        principal = Principal(user, None, token, frozenset(token_scopes))
-    else:
-        user_session = make_user_session(session, user)
-        user_session.stepped_up_at = datetime.now(UTC) if stepped_up else None
-        principal = Principal(user, user_session, None, policy.scopes_for_role(user.role))
-    app.dependency_overrides[get_principal] = lambda: principal
+act_as = partial(api_helpers.act_as, expires_at=NOW + timedelta(days=1))
 
 
 @dataclass

@@ -9,14 +9,13 @@ caller's session is a real `UserSession` row, stepped up unless a test says othe
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from admin_factories import make_user_session
+from api_helpers import act_as, api_app, serve
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from project_factories import (
@@ -29,12 +28,9 @@ from project_factories import (
 )
 from sqlalchemy.orm import Session
 
-from orchestrator import policy, requests
-from orchestrator.api.app import create_app
-from orchestrator.api.deps import Principal, get_principal, get_session
+from orchestrator import requests
 from orchestrator.config import Settings
 from orchestrator.models import (
-    ApiToken,
     ChangeRequest,
     Project,
     ProjectState,
@@ -92,47 +88,12 @@ def make_world(session: Session, settings: Settings, state: ProjectState) -> Wor
 @pytest.fixture
 def project_app(db_settings: Settings, db_session: Session) -> FastAPI:
     db_session.info["settings"] = db_settings
-    app = create_app(db_settings)
-
-    def test_session() -> Iterator[Session]:
-        yield db_session
-
-    app.dependency_overrides[get_session] = test_session
-    return app
+    return api_app(db_settings, db_session)
 
 
 @pytest.fixture
 def api(project_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(project_app, raise_server_exceptions=False) as client:
-        yield client
-
-
-def act_as(
-    app: FastAPI,
-    session: Session,
-    user: User,
-    *,
-    stepped_up: bool = True,
-    token_scopes: set[str] | None = None,
-) -> None:
-    """Make `user` the caller: on a browser session (stepped up or not), or on an API token."""
-    if token_scopes is not None:
-        token = ApiToken(
-            prefix=secrets.token_hex(6),
-            secret_hash="0" * 64,
-            user_id=user.id,
-            name="automation",
-            scopes=sorted(token_scopes),
-            expires_at=datetime.now(UTC) + timedelta(days=1),
-        )
-        session.add(token)
-        session.flush()
-        principal = Principal(user, None, token, frozenset(token_scopes))
-    else:
-        user_session = make_user_session(session, user)
-        user_session.stepped_up_at = datetime.now(UTC) if stepped_up else None
-        principal = Principal(user, user_session, None, policy.scopes_for_role(user.role))
-    app.dependency_overrides[get_principal] = lambda: principal
+    yield from serve(project_app)
 
 
 # --- the matrix -----------------------------------------------------------------------------------
