@@ -122,7 +122,8 @@ def version() -> None:
 
 @app.command()
 def dev(ctx: typer.Context) -> None:
-    """Development stack: migrate, start the local Kubernetes control plane, serve the API."""
+    """Development stack: migrate, start the local Kubernetes control plane and the reconciler,
+    serve the API."""
     settings = _settings(ctx)
     if settings.environment is not Environment.DEVELOPMENT:
         typer.echo("error: `kluis dev` runs only with KLUIS_ENVIRONMENT=development", err=True)
@@ -141,13 +142,27 @@ def dev(ctx: typer.Context) -> None:
     except ClusterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    # The reconciler runs beside the API against this cluster: an approved project's workspace
+    # appears within seconds. One process, so no leader election; metrics on a free port.
+    reconciler_settings = settings.model_copy(
+        update={
+            "kubeconfig": cluster.kubeconfig,
+            "leader_election": False,
+            "reconcile_metrics_port": 0,
+        }
+    )
     try:
-        url = settings.effective_public_url
-        typer.echo(
-            f"Kluis is running: portal {url}/login · API docs {url}{DOCS_URL} · "
-            f"kubeconfig {cluster.kubeconfig}"
-        )
-        _serve(settings)
+        with reconcile_commands.running_reconciler(
+            reconciler_settings, reconciler_settings.reconcile_interval_seconds
+        ) as reconciler:
+            url = settings.effective_public_url
+            typer.echo(
+                f"Kluis is running: portal {url}/login · API docs {url}{DOCS_URL} · "
+                f"kubeconfig {cluster.kubeconfig} · reconciler metrics "
+                f"http://{settings.reconcile_metrics_host}:{reconciler.metrics_port}/metrics"
+            )
+            _serve(settings)
+            typer.echo("stopping the reconciler ...")
     finally:
         typer.echo("stopping the local Kubernetes control plane ...")
         cluster.down()

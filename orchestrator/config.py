@@ -197,6 +197,18 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=24 * 3600)] = 300.0  # full resync
     reconcile_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     field_manager: str = "kluis-reconciler"
+    # How often the loop looks for projects changed since its last look (one query, no API calls).
+    reconcile_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Leader election: only the holder of this Lease reconciles; the others stand by.
+    leader_election: bool = True
+    leader_election_namespace: str = "kube-system"  # the release namespace in Helm
+    leader_election_lease_name: str = "kluis-reconciler"
+    leader_election_lease_seconds: Annotated[int, Field(ge=1, le=3600)] = 15
+    leader_election_renew_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+    leader_election_identity: str | None = None  # default: host name and process id
+    # /metrics, /healthz and /readyz of `kluis reconcile`; port 0 picks a free one, None: off.
+    reconcile_metrics_host: str = "127.0.0.1"
+    reconcile_metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = 9464
 
     @field_validator("data_dir", "cluster_dir", "microdata_root", "project_storage_root")
     @classmethod

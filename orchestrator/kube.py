@@ -122,7 +122,8 @@ def classify(status: int, message: str, verb: str, retry_after: float | None = N
 class KubeClient:
     """A thread-safe client for the kinds in `RESOURCES`; every call has a timeout and is counted.
 
-    `calls` counts requests by HTTP verb (GET, LIST, PATCH, DELETE, POST) for metrics and tests.
+    `calls` counts requests by HTTP verb (GET, LIST, PATCH, DELETE, POST, PUT) for metrics and
+    tests.
     """
 
     def __init__(
@@ -207,6 +208,32 @@ class KubeClient:
         query = {"propagationPolicy": "Background"}
         self._call("DELETE", self._path(kind, namespace or "", name), query, missing_ok=True)
 
+    # --- leases (leader election) ----------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The `coordination.k8s.io/v1` Lease, or None when there is none yet."""
+        return self._call("GET", _lease_path(namespace, name), missing_ok=True)
+
+    def create_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a Lease; `Retryable` (409) when another replica created it first."""
+        namespace = str(lease["metadata"]["namespace"])
+        path = _lease_path(namespace, None)
+        # A JSON content type: the client serialises the dict itself.
+        result = self._call("POST", path, body=dict(lease), content_type="application/json")
+        assert result is not None
+        return result
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a Lease whose `metadata.resourceVersion` is the one read (optimistic
+        concurrency): `Retryable` (409) when another replica wrote it in between."""
+        meta = lease["metadata"]
+        if not meta.get("resourceVersion"):
+            raise Permanent("replacing a Lease needs the resourceVersion it was read at")
+        path = _lease_path(str(meta["namespace"]), str(meta["name"]))
+        result = self._call("PUT", path, body=dict(lease), content_type="application/json")
+        assert result is not None
+        return result
+
     # --- plumbing --------------------------------------------------------------------------------
 
     def _path(self, kind: str, namespace: str, name: str | None) -> str:
@@ -227,7 +254,7 @@ class KubeClient:
         verb: str,
         path: str,
         query: Mapping[str, str] | None = None,
-        body: str | None = None,
+        body: str | dict[str, Any] | None = None,
         content_type: str | None = None,
         missing_ok: bool = False,
     ) -> dict[str, Any] | None:
@@ -264,6 +291,14 @@ class KubeClient:
             return {}
         decoded: dict[str, Any] = json.loads(data)
         return decoded
+
+
+LEASE_API_VERSION = "coordination.k8s.io/v1"
+
+
+def _lease_path(namespace: str, name: str | None) -> str:
+    path = f"/apis/{LEASE_API_VERSION}/namespaces/{quote(namespace, safe='')}/leases"
+    return path if name is None else f"{path}/{quote(name, safe='')}"
 
 
 def matches(desired: Any, live: Any) -> bool:

@@ -6,8 +6,8 @@ last converged one and no resync is due, stop (zero API calls). Otherwise apply 
 field manager), prune what Kluis owns but no longer wants, or — outside the active states — tear
 the namespace down and report `torn_down` only once the API server answers 404.
 
-Later slices (not here): leader election with a Lease, Prometheus metrics, event-driven wake-ups
-from database changes, and the archive / deletion-certificate lifecycle.
+The loop around it (wake-ups on database changes, leader election, metrics) is
+`reconcile_loop.py`; the archive / deletion-certificate lifecycle is a later slice.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,8 +31,16 @@ from orchestrator.config import Settings
 from orchestrator.errors import Invalid
 from orchestrator.kube import RESOURCES, KubeClient, Permanent, Retryable, matches, object_key
 from orchestrator.manifests import make_workspace
-from orchestrator.models import Project, ProjectState, WorkspacePhase, WorkspaceStatus
+from orchestrator.models import (
+    Grant,
+    Project,
+    ProjectMember,
+    ProjectState,
+    WorkspacePhase,
+    WorkspaceStatus,
+)
 from orchestrator.names import namespace_name, project_selector
+from orchestrator.project_storage import ensure_project_folders
 from orchestrator.projects import ACCESS_STATES
 from orchestrator.workspace import desired_workspace
 
@@ -151,8 +160,10 @@ def reconcile_project(
     wanted_hash = desired_hash(ABSENT)
     try:
         objects: list[dict[str, Any]] = []
+        spec = None
         if project.state in WORKSPACE_STATES:
-            objects = make_workspace(desired_workspace(session, project, settings))
+            spec = desired_workspace(session, project, settings)
+            objects = make_workspace(spec)
             wanted_hash = desired_hash(objects)
         unchanged = wanted_hash == status.desired_hash
         if unchanged and (
@@ -161,7 +172,8 @@ def reconcile_project(
             # Nothing changed and no resync is due: zero API calls, no write.
             wait = None if due is None else (due - now).total_seconds()
             return ReconcileResult(wait, status.phase, status.reason)
-        if project.state in WORKSPACE_STATES:
+        if spec is not None:
+            ensure_project_folders(spec)  # before any volume points at them (hostPath only)
             resync = unchanged and status.phase is WorkspacePhase.READY
             result = _converge(session, kube, project, settings, now, status, objects, work, resync)
         else:
@@ -377,6 +389,8 @@ class PassSummary:
     phases: dict[str, WorkspacePhase]
     errors: dict[str, str]
     requeue_after: float | None
+    results: dict[str, ReconcileResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # how long each project took
 
 
 def due_project_ids(session: Session) -> list[int]:
@@ -400,18 +414,56 @@ def due_project_ids(session: Session) -> list[int]:
     return list(rows.scalars())
 
 
+def changed_project_ids(session: Session, since: datetime, now: datetime) -> list[int]:
+    """Projects whose desire may have changed since `since` (the project row, a grant given or
+    revoked, a member added or removed) plus those whose status asks to be looked at by `now`
+    (a retry, a terminating namespace, a resync). One query; no Kubernetes calls."""
+    touched = or_(
+        Project.updated_at > since,
+        select(Grant.id)
+        .where(
+            Grant.project_id == Project.id,
+            or_(Grant.granted_at > since, Grant.revoked_at > since),
+        )
+        .exists(),
+        select(ProjectMember.id)
+        .where(
+            ProjectMember.project_id == Project.id,
+            or_(ProjectMember.added_at > since, ProjectMember.removed_at > since),
+        )
+        .exists(),
+        WorkspaceStatus.next_attempt_at <= now,
+    )
+    rows = session.execute(
+        select(Project.id)
+        .outerjoin(WorkspaceStatus, WorkspaceStatus.project_id == Project.id)
+        .where(
+            Project.state.in_(WORKSPACE_STATES | TEARDOWN_STATES),
+            or_(touched, WorkspaceStatus.id.is_(None) & Project.state.in_(WORKSPACE_STATES)),
+        )
+        .order_by(Project.id)
+    )
+    return list(rows.scalars())
+
+
 def reconcile_all(
     session_factory: Callable[[], Session],
     kube: KubeClient,
     settings: Settings,
     now: datetime,
+    project_ids: Iterable[int] | None = None,
 ) -> PassSummary:
-    """One pass over every due project, each in its own transaction, at most
-    `reconcile_concurrency` at once; a project already being reconciled is skipped."""
-    with session_factory() as session:
-        ids = due_project_ids(session)
+    """One pass over every due project (or only `project_ids`), each in its own transaction, at
+    most `reconcile_concurrency` at once; a project already being reconciled is skipped."""
+    if project_ids is None:
+        with session_factory() as session:
+            ids = due_project_ids(session)
+    else:
+        ids = list(project_ids)
     phases: dict[str, WorkspacePhase] = {}
     errors: dict[str, str] = {}
+    results: dict[str, ReconcileResult] = {}
+    seconds: dict[str, float] = {}
     waits: list[float] = []
     lock = threading.Lock()
 
@@ -426,6 +478,7 @@ def reconcile_all(
                 if project is None:
                     return
                 code = project.code
+                started = time.monotonic()
                 try:
                     result = reconcile_project(session, kube, project, settings, now)
                     session.commit()
@@ -435,8 +488,12 @@ def reconcile_all(
                     with lock:
                         errors[code] = f"{type(exc).__name__}: {exc}"[:500]
                     return
+                finally:
+                    with lock:
+                        seconds[code] = time.monotonic() - started
             with lock:
                 phases[code] = result.phase
+                results[code] = result
                 if result.requeue_after is not None:
                     waits.append(result.requeue_after)
         finally:
@@ -445,4 +502,4 @@ def reconcile_all(
 
     with ThreadPoolExecutor(max_workers=settings.reconcile_concurrency) as pool:
         list(pool.map(one, ids))
-    return PassSummary(phases, errors, min(waits) if waits else None)
+    return PassSummary(phases, errors, min(waits) if waits else None, results, seconds)
