@@ -6,9 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from bench import auth, devcluster, projects
+from bench import auth, devcluster, projects, workspaces
 
-BENCHMARKS = {"devcluster": devcluster.run, "auth": auth.run, "projects": projects.run}
+BENCHMARKS = {
+    "devcluster": devcluster.run,
+    "auth": auth.run,
+    "projects": projects.run,
+    "workspaces": workspaces.run,
+}
 
 
 def main(argv: list[str]) -> int:
