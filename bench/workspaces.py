@@ -644,6 +644,7 @@ def run() -> dict[str, Any]:
                     _database(tmp / "pg", url) as db,
                 ):
                     pg = _measure(db, cluster, tmp)
+                metrics["[PostgreSQL] database"] = "KLUIS_BENCH_POSTGRES_URL, a schema of its own"
                 metrics.update({f"[PostgreSQL] {k}": v for k, v in pg.items()})
             else:
                 metrics["PostgreSQL"] = "skipped: set KLUIS_BENCH_POSTGRES_URL"
