@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
 from sqlalchemy.orm import Session
 
-from orchestrator import accounts, grants, policy, projects, requests
+from orchestrator import accounts, applications, catalogue, grants, policy, projects, requests
 from orchestrator.config import Settings
 from orchestrator.db import make_engine, make_sessionmaker, session_scope
 from orchestrator.errors import KluisError
@@ -206,6 +207,76 @@ def projects_show(
         actor = _actor(session, as_user)
         project = _project(session, code, actor)
         _print_project(_project_data(session, project, actor), as_json)
+
+
+@projects_app.command("apply")
+def projects_apply(
+    ctx: typer.Context,
+    title: Annotated[str, typer.Option(help="Project title.")],
+    purpose: Annotated[str, typer.Option(help="What the research is for.")],
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Start date.")],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="End date (inclusive).")],
+    size: Annotated[str, typer.Option(help="Compute size (a key of KLUIS_COMPUTE_SIZES).")],
+    lead: Annotated[
+        str | None, typer.Option(help="Lead's username (required without --as).")
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="CODE:LABEL of a dataset version; repeatable.")
+    ] = None,
+    member: Annotated[
+        list[str] | None, typer.Option(help="Username of a co-researcher; repeatable.")
+    ] = None,
+    legal_basis: Annotated[str, typer.Option(help="Legal basis text.")] = "",
+    publications: Annotated[str, typer.Option(help="Expected publications.")] = "",
+    code: Annotated[str | None, typer.Option(help="Project code (staff; else generated).")] = None,
+    as_user: AsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply for a project: a new draft whose lead is --as (a researcher) or --lead."""
+    settings = _settings(ctx)
+    with _transaction(settings) as session:
+        actor = _actor(session, as_user)
+        lead_user = None
+        if lead is not None:
+            lead_user = accounts.find_user_by_username(session, lead)
+            if lead_user is None:
+                _fail(f"no user {lead!r} (--lead)")
+        elif actor is None:
+            _fail("give --lead USERNAME, or apply --as the lead")
+        version_ids = []
+        for item in dataset or []:
+            dataset_code, _, label = item.partition(":")
+            if not label:
+                _fail(f"--dataset {item!r}: use CODE:LABEL")
+            found = catalogue.get_dataset(session, dataset_code)
+            version_ids.append(catalogue.get_dataset_version(session, found, label).id)
+        member_ids = []
+        for username in member or []:
+            user = accounts.find_user_by_username(session, username)
+            if user is None:
+                _fail(f"no user {username!r} (--member)")
+            member_ids.append(user.id)
+        project = applications.apply_project(
+            session,
+            settings,
+            actor=actor,
+            now=utcnow(),
+            title=title,
+            purpose=purpose,
+            compute_size=size,
+            start_date=start.date(),
+            end_date=end.date(),
+            dataset_version_ids=version_ids,
+            member_ids=member_ids,
+            legal_basis=legal_basis,
+            expected_publications=publications,
+            lead_id=lead_user.id if lead_user is not None else None,
+            code=code,
+        )
+        if as_json:
+            _print_project(_project_data(session, project, actor), True)
+        else:
+            typer.echo(f"project {project.code}: draft (submit it with `kluis projects submit`)")
 
 
 # --- the steps ------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from project_factories import make_project, make_researcher, make_staff, make_tariff, utcnow
+from project_factories import (
+    make_dataset_version,
+    make_project,
+    make_researcher,
+    make_staff,
+    make_tariff,
+    utcnow,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
@@ -141,6 +148,92 @@ def test_cli_projects_as_a_researcher_sees_own_projects_only(
     assert "quote_total" not in as_member  # costs are for the lead and staff
     assert "no project" in refused(cli_env, "projects", "show", "99999")
     assert "no user" in refused(cli_env, "projects", "list", "--as", "nobody-here")
+
+
+# --- applying -----------------------------------------------------------------------------------
+
+
+def test_cli_projects_apply_as_the_lead_then_by_staff(
+    cli_env: dict[str, str], scene: dict[str, str], db: Session
+) -> None:
+    version = make_dataset_version(db, code="DS_CLIAPPLY")
+    db.commit()
+    start = utcnow().date() + timedelta(days=10)
+    end = start + timedelta(days=365)
+    common = ["--purpose", "Linking income and health.", "--size", "small"]
+    common += ["--start", start.isoformat(), "--end", end.isoformat()]
+
+    own = json.loads(
+        ok(
+            cli_env,
+            "projects",
+            "apply",
+            "--title",
+            "Own application",
+            *common,
+            "--dataset",
+            "DS_CLIAPPLY:2024V1",
+            "--member",
+            scene["member"],
+            "--as",
+            scene["lead"],
+            "--json",
+        ).output
+    )
+    for_lead = ok(
+        cli_env,
+        "projects",
+        "apply",
+        "--title",
+        "On behalf",
+        *common,
+        "--lead",
+        scene["lead"],
+        "--code",
+        "4321",
+    ).output
+    no_lead = refused(cli_env, "projects", "apply", "--title", "Nobody", *common)
+    bad_dataset = refused(
+        cli_env,
+        "projects",
+        "apply",
+        "--title",
+        "X",
+        *common,
+        "--lead",
+        scene["lead"],
+        "--dataset",
+        "DS_CLIAPPLY",
+    )
+    bad_size = refused(
+        cli_env,
+        "projects",
+        "apply",
+        "--title",
+        "X",
+        "--purpose",
+        "p",
+        "--size",
+        "huge",
+        "--start",
+        start.isoformat(),
+        "--end",
+        end.isoformat(),
+        "--lead",
+        scene["lead"],
+    )
+
+    assert own["state"] == "draft"
+    assert own["lead"] == scene["lead"]
+    assert own["members"] == sorted([scene["lead"], scene["member"]])
+    project = db.scalars(select(Project).where(Project.code == own["code"])).one()
+    assert [r.dataset_version_id for r in project.requested_datasets] == [version.id]
+    assert "project 4321: draft" in for_lead
+    assert last_event(db, "project_applied").actor == "system"
+    assert "--lead" in no_lead
+    assert "CODE:LABEL" in bad_dataset
+    assert "huge" in bad_size or "size" in bad_size
+    assert state_of(db, "4321") is S.DRAFT
 
 
 # --- the steps ------------------------------------------------------------------------------------
