@@ -102,6 +102,14 @@ def make_sessionmaker(engine: Engine, *, write: bool = False) -> sessionmaker[Se
     return sessionmaker(bind, expire_on_commit=False)
 
 
+def begin_read(session: Session) -> Session:
+    """Begin `session`'s transaction as a read one (a deferred BEGIN on SQLite) even when its
+    sessionmaker is for writes, so no write lock is taken; returns `session`. Call it before
+    anything else uses the session."""
+    session.connection(execution_options={WRITE_INTENT: False})
+    return session
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits when the block succeeds and rolls back when it raises."""

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import audit
 from orchestrator.config import Settings
+from orchestrator.db import begin_read
 from orchestrator.errors import Invalid
 from orchestrator.kube import RESOURCES, KubeClient, Permanent, Retryable, matches, object_key
 from orchestrator.manifests import make_workspace
@@ -42,7 +43,7 @@ from orchestrator.models import (
 from orchestrator.names import namespace_name, project_selector
 from orchestrator.project_storage import ensure_project_folders
 from orchestrator.projects import ACCESS_STATES
-from orchestrator.workspace import desired_workspace
+from orchestrator.workspace import WorkspaceSpec, desired_workspace
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +93,30 @@ class _Pass:
     applied: list[Key] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    audits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # action, details
+
+
+@dataclass
+class _Desired:
+    """What the database says the cluster should hold (read before any API call); `error` is
+    raised inside the pass so it ends `blocked` exactly as if the builders had raised there."""
+
+    spec: WorkspaceSpec | None
+    objects: list[dict[str, Any]]
+    wanted_hash: str
+    error: Exception | None = None
+
+
+# The columns a pass writes: copied onto the freshly re-read row by `reconcile_all`.
+_STATUS_FIELDS = (
+    "phase",
+    "reason",
+    "desired_hash",
+    "objects",
+    "attempts",
+    "next_attempt_at",
+    "last_reconciled_at",
+)
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -139,45 +164,83 @@ def reconcile_project(
 ) -> ReconcileResult:
     """Converge one project's workspace and record what was seen, in the caller's transaction
     (status and audit rows commit together). Idempotent; never raises `Retryable`/`Permanent`:
-    they become a backoff or `blocked` on the status row."""
+    they become a backoff or `blocked` on the status row. `reconcile_all` runs the same pass
+    without holding a transaction across the Kubernetes calls."""
     if project.state not in WORKSPACE_STATES | TEARDOWN_STATES:
         return ReconcileResult(None, WorkspacePhase.PENDING, f"no workspace while {project.state}")
-    status = find_status(session, project.id)
-    if status is None:
-        status = WorkspaceStatus(
-            project_id=project.id,
-            phase=WorkspacePhase.PENDING,
-            reason="",
-            desired_hash="",
-            objects=[],
-            attempts=0,
-        )
+    status = find_status(session, project.id) or _new_status(project.id)
+    desired = _desire(session, project, settings)
+    result, work = _run(kube, project, settings, now, status, desired)
+    if work is not None:
+        _persist(session, project.code, status, work)
+    return result
+
+
+def _new_status(project_id: int) -> WorkspaceStatus:
+    return WorkspaceStatus(
+        project_id=project_id,
+        phase=WorkspacePhase.PENDING,
+        reason="",
+        desired_hash="",
+        objects=[],
+        attempts=0,
+    )
+
+
+def _desire(session: Session, project: Project, settings: Settings) -> _Desired:
+    """Read the desired objects (database reads only, no API calls)."""
+    if project.state not in WORKSPACE_STATES:
+        return _Desired(None, [], desired_hash(ABSENT))
+    try:
+        spec = desired_workspace(session, project, settings)
+        objects = make_workspace(spec)
+    except (Retryable, Permanent, Invalid) as exc:
+        return _Desired(None, [], desired_hash(ABSENT), exc)
+    return _Desired(spec, objects, desired_hash(objects))
+
+
+def _persist(session: Session, code: str, status: WorkspaceStatus, work: _Pass) -> None:
+    """Write the status row and the pass's audit rows in `session`'s transaction."""
+    for action, details in work.audits:
+        audit.record(session, action, object_type="project", object_id=code, details=details)
+    session.add(status)
+    session.flush()
+
+
+def _run(
+    kube: KubeClient,
+    project: Project,
+    settings: Settings,
+    now: datetime,
+    status: WorkspaceStatus,
+    desired: _Desired,
+) -> tuple[ReconcileResult, _Pass | None]:
+    """The Kubernetes side of a pass: updates `status` (no database access) and returns the
+    result with what to persist, or None when nothing is to be written."""
     due = status.next_attempt_at
     if status.attempts and due is not None and now < due:
-        return ReconcileResult((due - now).total_seconds(), status.phase, status.reason)
+        return ReconcileResult((due - now).total_seconds(), status.phase, status.reason), None
 
     work = _Pass()
-    wanted_hash = desired_hash(ABSENT)
+    wanted_hash = desired.wanted_hash
     try:
-        objects: list[dict[str, Any]] = []
-        spec = None
-        if project.state in WORKSPACE_STATES:
-            spec = desired_workspace(session, project, settings)
-            objects = make_workspace(spec)
-            wanted_hash = desired_hash(objects)
+        if desired.error is not None:
+            raise desired.error
+        spec = desired.spec
+        objects = desired.objects
         unchanged = wanted_hash == status.desired_hash
         if unchanged and (
             status.phase is WorkspacePhase.TORN_DOWN or (due is not None and now < due)
         ):
             # Nothing changed and no resync is due: zero API calls, no write.
             wait = None if due is None else (due - now).total_seconds()
-            return ReconcileResult(wait, status.phase, status.reason)
+            return ReconcileResult(wait, status.phase, status.reason), None
         if spec is not None:
             ensure_project_folders(spec)  # before any volume points at them (hostPath only)
             resync = unchanged and status.phase is WorkspacePhase.READY
-            result = _converge(session, kube, project, settings, now, status, objects, work, resync)
+            result = _converge(kube, project, settings, now, status, objects, work, resync)
         else:
-            result = _tear_down(session, kube, project, now, status, work)
+            result = _tear_down(kube, project, now, status, work)
         status.desired_hash = wanted_hash
         status.attempts = 0  # only once every call of the pass succeeded
     except Retryable as exc:
@@ -202,9 +265,7 @@ def reconcile_project(
         _remember(status, work.applied)
         log.error("workspace_blocked", project=project.code, reason=status.reason)
         result = ReconcileResult(settings.reconcile_interval_seconds, status.phase, status.reason)
-    session.add(status)
-    session.flush()
-    return result
+    return result, work
 
 
 def _remember(status: WorkspaceStatus, applied: list[Key]) -> None:
@@ -214,7 +275,6 @@ def _remember(status: WorkspaceStatus, applied: list[Key]) -> None:
 
 
 def _converge(
-    session: Session,
     kube: KubeClient,
     project: Project,
     settings: Settings,
@@ -238,12 +298,8 @@ def _converge(
             _delete(kube, key)
             work.pruned.append(_label(key))
     if resync and (work.repaired or work.pruned):
-        audit.record(
-            session,
-            "workspace_drift_repaired",
-            object_type="project",
-            object_id=project.code,
-            details={"repaired": work.repaired, "pruned": work.pruned},
+        work.audits.append(
+            ("workspace_drift_repaired", {"repaired": work.repaired, "pruned": work.pruned})
         )
     log.info(
         "workspace_applied",
@@ -307,7 +363,6 @@ def _refuse_unless_retained(volume: Mapping[str, Any]) -> None:
 
 
 def _tear_down(
-    session: Session,
     kube: KubeClient,
     project: Project,
     now: datetime,
@@ -351,12 +406,8 @@ def _tear_down(
         status.next_attempt_at = now + timedelta(seconds=TEARDOWN_POLL_SECONDS)
         return ReconcileResult(TEARDOWN_POLL_SECONDS, status.phase, status.reason)
     if status.phase is not WorkspacePhase.TORN_DOWN and status.objects:
-        audit.record(
-            session,
-            "workspace_torn_down",
-            object_type="project",
-            object_id=project.code,
-            details={"namespace": name, "state": str(project.state)},
+        work.audits.append(
+            ("workspace_torn_down", {"namespace": name, "state": str(project.state)})
         )
     status.phase = WorkspacePhase.TORN_DOWN
     status.reason = ""
@@ -453,11 +504,15 @@ def reconcile_all(
     now: datetime,
     project_ids: Iterable[int] | None = None,
 ) -> PassSummary:
-    """One pass over every due project (or only `project_ids`), each in its own transaction, at
-    most `reconcile_concurrency` at once; a project already being reconciled is skipped."""
+    """One pass over every due project (or only `project_ids`), at most `reconcile_concurrency`
+    at once; a project already being reconciled is skipped. Each project is read in a read
+    transaction that ends before any Kubernetes call, and its status and audit rows are written
+    together in a short write transaction afterwards (`session_factory` may be a write
+    sessionmaker: no write lock is held across API calls). One project's failure, the database's
+    included, is reported for that project in `errors` and never aborts the pass."""
     if project_ids is None:
         with session_factory() as session:
-            ids = due_project_ids(session)
+            ids = due_project_ids(begin_read(session))
     else:
         ids = list(project_ids)
     phases: dict[str, WorkspacePhase] = {}
@@ -472,33 +527,47 @@ def reconcile_all(
             if project_id in _in_flight:
                 return
             _in_flight.add(project_id)
+        code = f"#{project_id}"  # until the project's row is read
+        started: float | None = None
         try:
             with session_factory() as session:
-                project = session.get(Project, project_id)
+                project = begin_read(session).get(Project, project_id)
                 if project is None:
                     return
                 code = project.code
                 started = time.monotonic()
-                try:
-                    result = reconcile_project(session, kube, project, settings, now)
-                    session.commit()
-                except Exception as exc:  # a bug or the database: this project waits a tick
-                    session.rollback()
-                    log.exception("workspace_reconcile_failed", project=code)
-                    with lock:
-                        errors[code] = f"{type(exc).__name__}: {exc}"[:500]
-                    return
-                finally:
-                    with lock:
-                        seconds[code] = time.monotonic() - started
+                active = project.state in WORKSPACE_STATES | TEARDOWN_STATES
+                status = find_status(session, project_id) or _new_status(project_id)
+                desired = _desire(session, project, settings) if active else None
+                # Leaving the block ends the read transaction (loaded attributes are kept).
+            if desired is None:
+                reason = f"no workspace while {project.state}"
+                result = ReconcileResult(None, WorkspacePhase.PENDING, reason)
+            else:
+                result, work = _run(kube, project, settings, now, status, desired)
+                if work is not None:  # status and audit rows commit together, briefly
+                    with session_factory() as session:
+                        stored = find_status(session, project_id) or _new_status(project_id)
+                        for name in _STATUS_FIELDS:
+                            setattr(stored, name, getattr(status, name))
+                        _persist(session, code, stored, work)
+                        session.commit()
+        except Exception as exc:  # a bug or the database: this project waits a tick
+            log.exception("workspace_reconcile_failed", project=code)
             with lock:
-                phases[code] = result.phase
-                results[code] = result
-                if result.requeue_after is not None:
-                    waits.append(result.requeue_after)
+                errors[code] = f"{type(exc).__name__}: {exc}"[:500]
+            return
         finally:
+            with lock:
+                if started is not None:
+                    seconds[code] = time.monotonic() - started
             with _in_flight_lock:
                 _in_flight.discard(project_id)
+        with lock:
+            phases[code] = result.phase
+            results[code] = result
+            if result.requeue_after is not None:
+                waits.append(result.requeue_after)
 
     with ThreadPoolExecutor(max_workers=settings.reconcile_concurrency) as pool:
         list(pool.map(one, ids))

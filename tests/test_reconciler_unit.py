@@ -1,11 +1,24 @@
-"""Pure parts of the reconciler: backoff, desired-state hash, drift comparison, error classes."""
+"""Pure parts of the reconciler: backoff, desired-state hash, drift comparison, error classes;
+and `reconcile_all` surviving a project it cannot load (no cluster needed)."""
 
 from __future__ import annotations
 
-import pytest
+from typing import cast
 
-from orchestrator.kube import Permanent, Retryable, classify, matches
-from orchestrator.reconciler import BACKOFF_CAP_SECONDS, backoff_seconds, desired_hash
+import pytest
+from project_factories import make_project, utcnow
+from sqlalchemy import Engine, text
+
+from orchestrator.config import Settings
+from orchestrator.db import make_sessionmaker, session_scope
+from orchestrator.kube import KubeClient, Permanent, Retryable, classify, matches
+from orchestrator.models import ProjectState, WorkspacePhase
+from orchestrator.reconciler import (
+    BACKOFF_CAP_SECONDS,
+    backoff_seconds,
+    desired_hash,
+    reconcile_all,
+)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +82,30 @@ def test_matches_sees_a_changed_label_a_missing_field_and_a_shorter_list() -> No
 )
 def test_classify_retry_later_or_permanent(status: int, message: str, kind: type) -> None:
     assert type(classify(status, message, "PATCH /x")) is kind
+
+
+def test_a_project_that_cannot_be_loaded_is_reported_and_the_pass_goes_on(
+    isolated_engine: tuple[Settings, Engine],
+) -> None:
+    settings, engine = isolated_engine
+    factory = make_sessionmaker(engine, write=True)
+    with session_scope(factory) as session:
+        projects = [make_project(session, state=ProjectState.SUBMITTED) for _ in range(4)]
+        session.flush()
+        ids = [p.id for p in projects]
+        codes = [p.code for p in projects]
+    broken = ids[1]
+    with engine.begin() as connection:  # a value no ProjectState has: loading the row raises
+        connection.execute(
+            text("UPDATE project SET state = 'bogus' WHERE id = :id"), {"id": broken}
+        )
+    # None of these projects has a workspace, so the client is never called.
+    kube = cast(KubeClient, object())
+
+    summary = reconcile_all(factory, kube, settings, utcnow(), ids)
+
+    assert list(summary.errors) == [f"#{broken}"]
+    assert "bogus" in summary.errors[f"#{broken}"]
+    assert summary.phases == {
+        code: WorkspacePhase.PENDING for i, code in zip(ids, codes, strict=True) if i != broken
+    }

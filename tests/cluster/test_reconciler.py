@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -106,6 +108,41 @@ class World:
             project = session.get(Project, project_id)
             assert project is not None
             return project.code
+
+
+class WriteLockProbe:
+    """The client, but before each API call another connection takes and releases the SQLite
+    write lock (waiting at most a second): `blocked` counts calls made while a writer could not."""
+
+    def __init__(self, kube: KubeClient, sqlite_path: str | None) -> None:
+        self.kube = kube
+        self.sqlite_path = sqlite_path
+        self.calls = 0
+        self.blocked = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.kube, name)
+        if name not in ("apply", "delete", "get", "list_owned"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            blocked = 0
+            if self.sqlite_path is not None:
+                connection = sqlite3.connect(self.sqlite_path, timeout=1.0, isolation_level=None)
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    connection.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    blocked = 1
+                finally:
+                    connection.close()
+            with self.lock:
+                self.calls += 1
+                self.blocked += blocked
+            return attr(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -317,6 +354,24 @@ def test_reconcile_all_converges_every_due_project(world: World) -> None:
 
     assert {again.phases[world.code(p)] for p in active} == {WorkspacePhase.READY}
     assert sum(world.kube.calls.values()) == 0
+
+
+def test_concurrent_pass_holds_no_write_lock_across_api_calls(world: World) -> None:
+    # Regression: each project's pass held a write transaction (BEGIN IMMEDIATE on SQLite)
+    # across its Kubernetes calls, so the pool's threads queued on the lock and failed after the
+    # busy timeout with "database is locked", which escaped and aborted the whole pass.
+    assert world.settings.reconcile_concurrency == 4
+    active = [world.project() for _ in range(8)]
+    url = world.factory.kw["bind"].url
+    probe = WriteLockProbe(world.kube, url.database if url.get_backend_name() == "sqlite" else None)
+
+    summary = reconcile_all(world.factory, cast(KubeClient, probe), world.settings, utcnow())
+
+    assert summary.errors == {}
+    assert probe.calls > 0
+    assert probe.blocked == 0  # a writer got the lock during every Kubernetes call
+    assert {summary.phases[world.code(p)] for p in active} == {WorkspacePhase.READY}
+    assert {world.status(p).phase for p in active} == {WorkspacePhase.READY}
 
 
 def test_stuck_namespace_is_blocked_with_the_reason_and_never_claimed_gone(
