@@ -19,7 +19,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orchestrator import audit, passwords, policy, sessions
+from orchestrator import audit, db, passwords, policy, sessions
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.institutions import add_years, get_institution, is_authorised
@@ -389,12 +389,7 @@ def activate_account(
 
 def check_version(user: User, version: int | None) -> None:
     """`Conflict` when the caller read another version than the current one (optimistic lock)."""
-    if version is not None and version != user.version:
-        raise Conflict(
-            f"The account was changed by someone else since you read version {version} "
-            f"(now version {user.version}); reload it and apply your change again.",
-            {"rule": "optimistic_lock", "current_version": user.version},
-        )
+    db.check_version("The account", version, user.version)
 
 
 def update_profile(

@@ -18,9 +18,8 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit
+from orchestrator import audit, db
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Invalid, NotFound
 from orchestrator.models import Dataset, DatasetVersion, User, utcnow
@@ -361,8 +360,7 @@ def update_dataset(
     between our read and our flush is caught by the ORM's version check the same way).
     """
     code = dataset.code  # read now: after a failed flush the row can no longer be loaded
-    if version != dataset.version:
-        raise _stale(code, sent=version, current=dataset.version)
+    db.check_version(f"Dataset {code}", version, dataset.version)
     new: dict[str, str] = {}
     if title is not None:
         new["title"] = clean_title(title)
@@ -379,10 +377,8 @@ def update_dataset(
             setattr(dataset, name, value)
     if not changes:
         return dataset
-    try:
+    with db.conflict_if_stale(f"Dataset {code}", version):
         session.flush()
-    except StaleDataError:
-        raise _stale(code, sent=version, current=None) from None
     audit.record(
         session,
         "dataset_updated",
@@ -393,15 +389,6 @@ def update_dataset(
         details={"code": dataset.code, "changes": changes, "version": dataset.version},
     )
     return dataset
-
-
-def _stale(code: str, *, sent: int, current: int | None) -> Conflict:
-    now = f" (now version {current})" if current is not None else ""
-    return Conflict(
-        f"Dataset {code} was changed by someone else since you read version {sent}{now}; "
-        "reload it and apply your change again.",
-        {"rule": "optimistic_lock", "current_version": current},
-    )
 
 
 def add_version(

@@ -29,8 +29,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from orchestrator.config import Settings
+from orchestrator.errors import Conflict
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +95,35 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         connection.exec_driver_sql("BEGIN")
+
+
+# -- optimistic locking (rows with a `version_id_col`) -----------------------------------------
+
+
+def stale_version(what: str, sent: int | None, current: int | None) -> Conflict:
+    """The one `Conflict` for a write based on an old read of `what` (e.g. "Project 1234")."""
+    since = f" since you read version {sent}" if sent is not None else ""
+    now = f" (now version {current})" if current is not None else ""
+    return Conflict(
+        f"{what} was changed by someone else{since}{now}; reload it and apply your change again.",
+        {"rule": "optimistic_lock", "current_version": current},
+    )
+
+
+def check_version(what: str, sent: int | None, current: int) -> None:
+    """`Conflict` when the caller read another version than the current one; `None` = not given."""
+    if sent is not None and sent != current:
+        raise stale_version(what, sent, current)
+
+
+@contextmanager
+def conflict_if_stale(what: str, sent: int | None) -> Iterator[None]:
+    """A writer that committed between our read and our flush (the ORM's version check then
+    matches no row) is the same `Conflict` as a stale `version` from the caller."""
+    try:
+        yield
+    except StaleDataError:
+        raise stale_version(what, sent, None) from None
 
 
 def make_sessionmaker(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:

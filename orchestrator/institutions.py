@@ -15,9 +15,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit, policy
+from orchestrator import audit, db, policy
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Invalid, NotFound
 from orchestrator.models import Institution, User
@@ -217,8 +216,7 @@ def update_institution(
     written and `Conflict` says to reload (optimistic locking; a concurrent writer that commits
     between our read and our flush is caught by the ORM's version check the same way).
     """
-    if version != institution.version:
-        raise _stale(institution.version, version)
+    db.check_version("The institution", version, institution.version)
     new: dict[str, Any] = {}
     if name is not None:
         new["name"] = clean_name(name)
@@ -239,10 +237,8 @@ def update_institution(
             setattr(institution, field, value)
     if not changes:
         return institution
-    try:
+    with db.conflict_if_stale("The institution", version):
         session.flush()
-    except StaleDataError:
-        raise _stale(None, version) from None
     audit.record(
         session,
         "institution_updated",
@@ -253,15 +249,6 @@ def update_institution(
         details={"changes": changes, "version": institution.version},
     )
     return institution
-
-
-def _stale(current: int | None, sent: int) -> Conflict:
-    now = f" (now version {current})" if current is not None else ""
-    return Conflict(
-        f"The institution was changed by someone else since you read version {sent}{now}; "
-        "reload it and apply your change again.",
-        {"rule": "optimistic_lock", "current_version": current},
-    )
 
 
 def _jsonable(value: Any) -> Any:

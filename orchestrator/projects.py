@@ -9,8 +9,8 @@ without `--as`), which may take every step the table allows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit, catalogue, costs, grants, notify, policy
+from orchestrator import audit, catalogue, costs, db, grants, notify, policy
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, NotFound
 from orchestrator.institutions import add_years
@@ -242,26 +241,11 @@ def retention_until(project: Project, settings: Settings) -> date:
 
 def check_version(project: Project, version: int | None) -> None:
     """`Conflict` when the caller read another version than the current one (optimistic lock)."""
-    if version is not None and version != project.version:
-        raise _stale(project.code, version, project.version)
+    db.check_version(f"Project {project.code}", version, project.version)
 
 
-def _stale(code: str, sent: int | None, current: int | None) -> Conflict:
-    since = f" since you read version {sent}" if sent is not None else ""
-    return Conflict(
-        f"Project {code} was changed by someone else{since}; reload it and try again.",
-        {"rule": "optimistic_lock", "current_version": current},
-    )
-
-
-@contextmanager
-def optimistic(code: str, version: int | None) -> Iterator[None]:
-    """A concurrent writer that committed since we read the row (the ORM's version check then
-    matches no row at flush) is the same `Conflict` as a stale `version`."""
-    try:
-        yield
-    except StaleDataError:
-        raise _stale(code, version, None) from None
+def optimistic(code: str, version: int | None) -> AbstractContextManager[None]:
+    return db.conflict_if_stale(f"Project {code}", version)
 
 
 # --- quotes ---------------------------------------------------------------------------------------

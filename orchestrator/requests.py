@@ -8,16 +8,14 @@ Functions take `actor: User | None`; `None` is the system (the command line with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.orm.exc import StaleDataError
 
-from orchestrator import audit, catalogue, costs, grants, policy, project_rules, projects
+from orchestrator import audit, catalogue, costs, db, grants, policy, project_rules, projects
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
 from orchestrator.institutions import add_years
@@ -203,26 +201,11 @@ def _check_payload(
 
 
 def _check_version(request: ChangeRequest, version: int | None) -> None:
-    if version is not None and version != request.version:
-        raise _stale(request.id, version, request.version)
+    db.check_version(f"Request {request.id}", version, request.version)
 
 
-def _stale(request_id: int, sent: int | None, current: int | None) -> Conflict:
-    since = f" since you read version {sent}" if sent is not None else ""
-    return Conflict(
-        f"Request {request_id} was changed by someone else{since}; reload it and try again.",
-        {"rule": "optimistic_lock", "current_version": current},
-    )
-
-
-@contextmanager
-def _optimistic(request_id: int, version: int | None) -> Iterator[None]:
-    """A concurrent decision committed since we read the request (the ORM's version check then
-    matches no row at flush) is the same `Conflict` as a stale `version`."""
-    try:
-        yield
-    except StaleDataError:
-        raise _stale(request_id, version, None) from None
+def _optimistic(request_id: int, version: int | None) -> AbstractContextManager[None]:
+    return db.conflict_if_stale(f"Request {request_id}", version)
 
 
 def _check_pending(request: ChangeRequest) -> None:
