@@ -40,13 +40,13 @@ system-packages: ## Install the Debian packages the tests need (only the missing
 	@.ci/system-packages
 
 test: system-packages $(STAMP) cluster-build lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
-	KLUIS_TEST_POSTGRES_URL="$$(.ci/postgres)" KLUIS_REQUIRE_POSTGRES=1 KLUIS_REQUIRE_BROWSER=1 $(BIN)/pytest
+	pg_url="$$(.ci/postgres)" && KLUIS_TEST_POSTGRES_URL="$$pg_url" KLUIS_REQUIRE_POSTGRES=1 KLUIS_REQUIRE_BROWSER=1 $(BIN)/pytest
 
 test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick feedback only)
 	$(BIN)/pytest -m "not cluster and not slow"
 
 bench: system-packages $(STAMP) cluster-build ## Benchmarks: ratios measured in one run, JSON in bench-results/
-	KLUIS_BENCH_POSTGRES_URL="$$(.ci/postgres)" $(BIN)/python -m bench
+	pg_url="$$(.ci/postgres)" && KLUIS_BENCH_POSTGRES_URL="$$pg_url" $(BIN)/python -m bench
 
 clean: ## Remove build outputs, caches and local state (not the compiled binaries)
 	-$(BIN)/kluis cluster down 2>/dev/null

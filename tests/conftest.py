@@ -24,6 +24,24 @@ from orchestrator.db import make_engine, upgrade_database
 BACKENDS = ["sqlite", "postgresql"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop at once on a malformed PostgreSQL URL instead of erroring every PostgreSQL test."""
+    url = os.environ.get("KLUIS_TEST_POSTGRES_URL")
+    if not url:
+        return
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is None or not parsed.drivername.startswith("postgresql"):
+        shown = url if len(url) < 200 else url[:200] + "..."
+        pytest.exit(
+            f"KLUIS_TEST_POSTGRES_URL is not a PostgreSQL URL: {shown!r} "
+            "(.ci/postgres must print only the URL on stdout)",
+            returncode=4,
+        )
+
+
 def postgres_url() -> str:
     """The server to test against; skips (or fails, with KLUIS_REQUIRE_POSTGRES=1) without one."""
     url = os.environ.get("KLUIS_TEST_POSTGRES_URL")
