@@ -599,3 +599,8 @@ class WorkspaceStatus(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     project: Mapped[Project] = relationship()
+
+
+# Tables that live in their own modules register themselves on Base.metadata here, so that importing
+# `orchestrator.models` always yields the whole schema (migrations, tests, mapper configuration).
+from orchestrator import airlock_models, hub_models  # noqa: E402, F401
