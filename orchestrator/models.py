@@ -601,6 +601,52 @@ class WorkspaceStatus(Base):
     project: Mapped[Project] = relationship()
 
 
+# --- lifecycle: archives and deletion certificates -----------------------------------------------
+
+# The reconciler's wake-up query (`reconciler.changed_project_ids`) asks for projects changed since
+# its last look, every second.
+Index("ix_project_updated_at", Project.updated_at)
+
+
+class ProjectArchive(Base):
+    """A verified archive of an archived project's storage folder: one tar in the archive area
+    with a checksum manifest beside it. Written only by the reconciler (`archive.py`);
+    `removed_at` is set when the project is deleted and the archive goes."""
+
+    __tablename__ = "project_archive"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"), unique=True)
+    project_code: Mapped[str] = mapped_column(String(5))
+    path: Mapped[str] = mapped_column(String(1000))  # the tar file
+    manifest_path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the tar file
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of the tar file
+    content_bytes: Mapped[int] = mapped_column(BigInteger)  # sum of the archived files' sizes
+    file_count: Mapped[int] = mapped_column(Integer)
+    source_path: Mapped[str] = mapped_column(String(1000))  # the live folder it was packed from
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeletionCertificate(Base):
+    """Proof that a deleted project's data is gone: what was removed (paths, the archive's hash,
+    file count, sizes), when, under which retention policy and by which process. Outlives
+    everything else of the project (no foreign key); `sha256` covers the canonical content."""
+
+    __tablename__ = "deletion_certificate"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, unique=True)
+    project_code: Mapped[str] = mapped_column(String(5), index=True)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    issued_by: Mapped[str] = mapped_column(String(200))  # the process, e.g. "reconciler host:pid"
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    removed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 # Tables that live in their own modules register themselves on Base.metadata here, so that importing
 # `orchestrator.models` always yields the whole schema (migrations, tests, mapper configuration).
 from orchestrator import airlock_models, hub_models  # noqa: E402, F401
