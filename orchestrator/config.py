@@ -192,6 +192,25 @@ class Settings(BaseSettings):
     hub_api_port: Annotated[int, Field(ge=1, le=65535)] = 8081
     pod_security_version: str = "v1.36"
 
+    # --- JupyterHub integration (docs/hub.md) ---
+    # Where browsers reach the hub (the proxy's public URL) and where the control plane reaches
+    # the hub's REST API (admin token below) to stop servers.
+    hub_public_url: str = "http://127.0.0.1:8001"
+    hub_api_url: str = "http://127.0.0.1:8001/hub/api"
+    # The hub authenticates to the control plane with this token (redeem tickets, spawn specs).
+    hub_service_token: SecretStr = SecretStr("")
+    # The control plane's admin token for the hub's REST API (stop servers, list servers).
+    hub_api_token: SecretStr = SecretStr("")
+    launch_ticket_seconds: Annotated[int, Field(ge=5, le=600)] = 60
+    # Images a server may run; the first is the default, a user may choose among them only.
+    workspace_images: list[str] = Field(
+        default_factory=lambda: ["quay.io/jupyter/scipy-notebook:2026-11-24"]
+    )
+    workspace_uid: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1000
+    workspace_gid: Annotated[int, Field(ge=1, le=2**31 - 1)] = 100
+    # How often `kluis hub sync` stops servers whose access lapsed: the revocation bound.
+    hub_sync_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
+
     # --- reconciler ---
     kubeconfig: Path | None = None  # default: in-cluster config, else the local dev cluster's
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=24 * 3600)] = 300.0  # full resync
@@ -221,7 +240,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("public_url")
+    @field_validator("public_url", "hub_public_url", "hub_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -249,6 +268,12 @@ class Settings(BaseSettings):
             )
         if not self.cookie_secure:
             problems.append("KLUIS_COOKIE_SECURE=false is refused in production")
+        for name in ("hub_service_token", "hub_api_token"):
+            value = getattr(self, name).get_secret_value()
+            if value and len(value) < MIN_SECRET_KEY_LENGTH:
+                problems.append(
+                    f"KLUIS_{name.upper()} must have at least {MIN_SECRET_KEY_LENGTH} characters"
+                )
         if self.storage_backend is StorageBackend.HOST_PATH:
             problems.append(
                 "KLUIS_STORAGE_BACKEND=hostPath is for development only and refused in "

@@ -17,6 +17,7 @@ from orchestrator.api import audit as audit_routes
 from orchestrator.api import auth, health, institutions, tokens, users
 from orchestrator.api import catalogue as catalogue_routes
 from orchestrator.api import costs as cost_routes
+from orchestrator.api import hub as hub_routes
 from orchestrator.api import projects as project_routes
 from orchestrator.api.handlers import install_error_handlers
 from orchestrator.api.middleware import RequestContextMiddleware, security_headers
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(catalogue_routes.router)
     app.include_router(project_routes.router)
     app.include_router(cost_routes.router)
+    app.include_router(hub_routes.router)
     if settings.environment is not Environment.PRODUCTION:
         # Not in production: third-party script on the API's origin is not worth the risk there.
         app.add_api_route(DOCS_URL, _swagger_ui, include_in_schema=False)
