@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.config import Environment, Settings
 from orchestrator.db import make_engine, make_sessionmaker, upgrade_database
 from orchestrator.devcluster import build
-from orchestrator.devcluster.cluster import LocalCluster, Ports
+from orchestrator.devcluster.cluster import LocalCluster
 from orchestrator.kube import KubeClient, object_key, resource_for
 from orchestrator.manifests import make_workspace
 from orchestrator.models import (
@@ -92,13 +92,6 @@ UNTHROTTLED_FLAGS = (
 )
 REF_MANAGER = "bench-reference"
 KUBECTL_MANAGER = "bench-kubectl"
-
-
-class UnthrottledCluster(LocalCluster):
-    """The dev cluster with the apiserver's inflight limits and priority-and-fairness off."""
-
-    def _apiserver_args(self, bins: Path, ports: Ports) -> list[str]:
-        return [*super()._apiserver_args(bins, ports), *UNTHROTTLED_FLAGS]
 
 
 # --- the database --------------------------------------------------------------------------------
@@ -626,7 +619,10 @@ def run() -> dict[str, Any]:
     postgres = os.environ.get("KLUIS_BENCH_POSTGRES_URL")
     with tempfile.TemporaryDirectory(prefix="kluis-bench-ws-") as tmp_text:
         tmp = Path(tmp_text)
-        cluster = UnthrottledCluster(tmp / "cluster", tie_to_parent=True)
+        # The dev cluster with the apiserver's inflight limits and priority-and-fairness off.
+        cluster = LocalCluster(
+            tmp / "cluster", tie_to_parent=True, apiserver_flags=UNTHROTTLED_FLAGS
+        )
         cluster.up()
         try:
             with _database(tmp / "sqlite", None) as db:

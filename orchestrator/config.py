@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     project_storage_root: Path | None = None
     project_grace_days: Annotated[int, Field(ge=0, le=365)] = 30  # expired -> archived
     project_retention_years: Annotated[int, Field(ge=1, le=30)] = 5  # archived -> deleted
+    # Where the reconciler packs an archived project's storage (a tar and its checksum manifest);
+    # the control plane has it mounted. Default under the data folder for development.
+    archive_root: Path | None = None
     reminder_days: list[int] = Field(default_factory=lambda: [30, 14, 7])
     max_project_years: Annotated[int, Field(ge=1, le=10)] = 5
     smtp_host: str = "127.0.0.1"
@@ -229,7 +232,31 @@ class Settings(BaseSettings):
     reconcile_metrics_host: str = "127.0.0.1"
     reconcile_metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = 9464
 
-    @field_validator("data_dir", "cluster_dir", "microdata_root", "project_storage_root")
+    # --- airlock (ingress uploads, egress output requests) ---
+    airlock_dir: Path | None = None  # quarantine and frozen outputs; default <data_dir>/airlock
+    clamd_socket: Path = Path("/run/clamav/clamd.ctl")  # clamd's unix socket (LocalSocket)
+    clamd_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    airlock_max_upload_bytes: Annotated[int, Field(ge=1)] = 2 * 1024**3
+    airlock_max_open_uploads: Annotated[int, Field(ge=1, le=10000)] = 20  # per project, in review
+    airlock_max_expanded_bytes: Annotated[int, Field(ge=1)] = 8 * 1024**3  # archives, in total
+    airlock_max_expansion_ratio: Annotated[int, Field(ge=1, le=100000)] = 100
+    airlock_max_archive_entries: Annotated[int, Field(ge=1, le=1000000)] = 10000
+    airlock_retention_days: Annotated[int, Field(ge=0, le=3650)] = 30  # rejected/blocked bytes
+    airlock_required_approvals: Annotated[int, Field(ge=1, le=5)] = 2  # default per project
+    # Per project code: the number of independent approvals an output request needs.
+    airlock_project_approvals: dict[str, Annotated[int, Field(ge=1, le=5)]] = Field(
+        default_factory=dict
+    )
+    airlock_policy_file: Path | None = None  # disclosure policy (YAML); default: built in
+    airlock_max_output_files: Annotated[int, Field(ge=1, le=1000)] = 50
+    airlock_max_output_bytes: Annotated[int, Field(ge=1)] = 512 * 1024**2  # per request
+    # Ed25519 private key (raw 32 bytes, base64) signing release manifests; default: a key made
+    # once in <airlock_dir>/signing-key.
+    airlock_signing_key: SecretStr | None = None
+
+    @field_validator(
+        "data_dir", "cluster_dir", "microdata_root", "project_storage_root", "archive_root"
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Resolve against the working directory at start-up so a later chdir changes nothing.
@@ -314,6 +341,14 @@ class Settings(BaseSettings):
     @property
     def effective_project_storage_root(self) -> Path:
         return self.project_storage_root or self.data_dir / "projects"
+
+    @property
+    def effective_archive_root(self) -> Path:
+        return self.archive_root or self.data_dir / "archive"
+
+    @property
+    def effective_airlock_dir(self) -> Path:
+        return self.airlock_dir or self.data_dir / "airlock"
 
     @property
     def effective_cluster_dir(self) -> Path:

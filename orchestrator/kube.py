@@ -75,9 +75,14 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+# Kinds the reconciler only lists and deletes, never applies: workspace server pods (started by the
+# hub) that must stop when a project is frozen or ends. Not in RESOURCES: resync never prunes them.
+WORKLOADS: dict[str, Resource] = {"Pod": Resource("v1", "pods", namespaced=True)}
+
+
 def resource_for(kind: str) -> Resource:
     try:
-        return RESOURCES[kind]
+        return RESOURCES.get(kind) or WORKLOADS[kind]
     except KeyError:
         raise Permanent(f"kind {kind} is not managed by Kluis") from None
 

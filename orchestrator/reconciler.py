@@ -4,10 +4,13 @@ what it saw back to `WorkspaceStatus` — the only writer to Kubernetes.
 One pass over a project: build the desired objects (pure builders), and if their hash equals the
 last converged one and no resync is due, stop (zero API calls). Otherwise apply (server-side, one
 field manager), prune what Kluis owns but no longer wants, or — outside the active states — tear
-the namespace down and report `torn_down` only once the API server answers 404.
+the namespace down and report `torn_down` only once the API server answers 404. Frozen projects
+keep their workspace without servers (pods quota 0, server pods deleted). Once an archived
+project's workspace is gone its storage is packed into the archive area (`archive.py`); once a
+deleted project's is, the archive goes and a deletion certificate is stored.
 
 The loop around it (wake-ups on database changes, leader election, metrics) is
-`reconcile_loop.py`; the archive / deletion-certificate lifecycle is a later slice.
+`reconcile_loop.py`.
 """
 
 from __future__ import annotations
@@ -26,23 +29,26 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from orchestrator import audit
+from orchestrator import archive, audit
 from orchestrator.config import Settings
 from orchestrator.db import begin_read
 from orchestrator.errors import Invalid
 from orchestrator.kube import RESOURCES, KubeClient, Permanent, Retryable, matches, object_key
+from orchestrator.leader import default_identity
 from orchestrator.manifests import make_workspace
 from orchestrator.models import (
+    DeletionCertificate,
     Grant,
     Project,
+    ProjectArchive,
     ProjectMember,
     ProjectState,
     WorkspacePhase,
     WorkspaceStatus,
 )
-from orchestrator.names import namespace_name, project_selector
+from orchestrator.names import SERVER_POD_LABELS, namespace_name, project_selector
 from orchestrator.project_storage import ensure_project_folders
-from orchestrator.projects import ACCESS_STATES
+from orchestrator.projects import ACCESS_STATES, retention_until
 from orchestrator.workspace import WorkspaceSpec, desired_workspace
 
 log = structlog.get_logger(__name__)
@@ -72,8 +78,12 @@ PRUNE_ORDER = (
     "Namespace",
 )
 ABSENT = "absent"  # what the desired set of a torn-down workspace hashes from
+# After teardown, what becomes of the project's storage (part of the desire, so reaching one of
+# these states is a change even for a workspace already torn down at expiry).
+STORAGE_STEPS = {ProjectState.ARCHIVED: "archive", ProjectState.DELETED: "delete"}
 
 Key = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
+SERVER_POD_SELECTOR = ",".join(f"{k}={v}" for k, v in sorted(SERVER_POD_LABELS.items()))
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,21 @@ class _Pass:
     repaired: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     audits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # action, details
+    archived: archive.ArchiveFacts | None = None  # a verified archive to record
+    certificate: dict[str, Any] | None = None  # a deletion certificate to store
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """What the storage step after teardown needs from the database (read before the pass)."""
+
+    step: str  # "archive" or "delete" (STORAGE_STEPS)
+    project_id: int
+    recorded: archive.ArchiveFacts | None  # the archive the database knows of
+    archive_created_at: datetime | None
+    certified: bool  # a deletion certificate exists already
+    was_active: bool  # the project ever had a workspace (and so storage)
+    policy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +130,7 @@ class _Desired:
     objects: list[dict[str, Any]]
     wanted_hash: str
     error: Exception | None = None
+    storage: _Storage | None = None
 
 
 # The columns a pass writes: copied onto the freshly re-read row by `reconcile_all`.
@@ -190,7 +216,11 @@ def _new_status(project_id: int) -> WorkspaceStatus:
 def _desire(session: Session, project: Project, settings: Settings) -> _Desired:
     """Read the desired objects (database reads only, no API calls)."""
     if project.state not in WORKSPACE_STATES:
-        return _Desired(None, [], desired_hash(ABSENT))
+        step = STORAGE_STEPS.get(project.state)
+        if step is None:
+            return _Desired(None, [], desired_hash(ABSENT))
+        storage = _read_storage(session, project, settings, step)
+        return _Desired(None, [], desired_hash(f"{ABSENT}:{step}"), storage=storage)
     try:
         spec = desired_workspace(session, project, settings)
         objects = make_workspace(spec)
@@ -199,10 +229,82 @@ def _desire(session: Session, project: Project, settings: Settings) -> _Desired:
     return _Desired(spec, objects, desired_hash(objects))
 
 
+def _read_storage(session: Session, project: Project, settings: Settings, step: str) -> _Storage:
+    row = session.scalars(
+        select(ProjectArchive).where(ProjectArchive.project_id == project.id)
+    ).one_or_none()
+    recorded = None
+    if row is not None:
+        recorded = archive.ArchiveFacts(
+            path=row.path,
+            manifest_path=row.manifest_path,
+            sha256=row.sha256,
+            manifest_sha256=row.manifest_sha256,
+            size_bytes=row.size_bytes,
+            content_bytes=row.content_bytes,
+            file_count=row.file_count,
+            source_path=row.source_path,
+        )
+    certified = (
+        session.scalar(
+            select(DeletionCertificate.id).where(DeletionCertificate.project_id == project.id)
+        )
+        is not None
+    )
+    policy = {
+        "retention_years": settings.project_retention_years,
+        "archived_at": project.archived_at.isoformat() if project.archived_at else None,
+        "retention_until": retention_until(project, settings).isoformat(),
+        "deleted_at": project.deleted_at.isoformat() if project.deleted_at else None,
+        "rule": "an archived project is kept for KLUIS_PROJECT_RETENTION_YEARS after archiving, "
+        "then deleted",
+    }
+    return _Storage(
+        step=step,
+        project_id=project.id,
+        recorded=recorded,
+        archive_created_at=row.created_at if row is not None else None,
+        certified=certified,
+        was_active=project.activated_at is not None,
+        policy=policy,
+    )
+
+
 def _persist(session: Session, code: str, status: WorkspaceStatus, work: _Pass) -> None:
-    """Write the status row and the pass's audit rows in `session`'s transaction."""
+    """Write the status row, the pass's audit rows, and a new archive record or deletion
+    certificate, in `session`'s transaction."""
     for action, details in work.audits:
         audit.record(session, action, object_type="project", object_id=code, details=details)
+    if work.archived is not None or work.certificate is not None:
+        row = session.scalars(
+            select(ProjectArchive).where(ProjectArchive.project_id == status.project_id)
+        ).one_or_none()
+        if work.archived is not None and row is None:
+            facts = work.archived
+            session.add(
+                ProjectArchive(project_id=status.project_id, project_code=code, **facts.as_dict())
+            )
+        if work.certificate is not None:
+            certificate = work.certificate
+            if row is not None and row.removed_at is None:
+                row.removed_at = datetime.fromisoformat(certificate["issued_at"])
+            exists = session.scalar(
+                select(DeletionCertificate.id).where(
+                    DeletionCertificate.project_id == status.project_id
+                )
+            )
+            if exists is None:
+                session.add(
+                    DeletionCertificate(
+                        project_id=status.project_id,
+                        project_code=code,
+                        issued_at=datetime.fromisoformat(certificate["issued_at"]),
+                        issued_by=certificate["issued_by"],
+                        policy=certificate["policy"],
+                        removed=certificate["removed"],
+                        sha256=archive.certificate_digest(certificate),
+                    )
+                )
     session.add(status)
     session.flush()
 
@@ -239,13 +341,19 @@ def _run(
             ensure_project_folders(spec)  # before any volume points at them (hostPath only)
             resync = unchanged and status.phase is WorkspacePhase.READY
             result = _converge(kube, project, settings, now, status, objects, work, resync)
+            if not spec.servers_allowed:  # frozen: the quota admits no new pod; stop the rest
+                result = _stop_servers_while_frozen(kube, project, now, status, work, result)
         else:
             result = _tear_down(kube, project, now, status, work)
+            if result.phase is WorkspacePhase.TORN_DOWN and desired.storage is not None:
+                # Nothing runs on the storage any more: archive it, or remove it for good.
+                _settle_storage(project, settings, now, desired.storage, work)
         status.desired_hash = wanted_hash
         status.attempts = 0  # only once every call of the pass succeeded
-    except Retryable as exc:
+    except (Retryable, OSError) as exc:  # OSError: the archive area (disk full, unmounted, …)
         status.attempts += 1
-        delay = max(backoff_seconds(status.attempts), exc.retry_after or 0.0)
+        retry_after = exc.retry_after if isinstance(exc, Retryable) else None
+        delay = max(backoff_seconds(status.attempts), retry_after or 0.0)
         status.next_attempt_at = now + timedelta(seconds=delay)
         if status.phase is WorkspacePhase.READY:
             status.phase = WorkspacePhase.PROGRESSING  # not known to be ready any more
@@ -317,6 +425,42 @@ def _converge(
     return ReconcileResult(settings.reconcile_interval_seconds, WorkspacePhase.READY)
 
 
+def _stop_servers(kube: KubeClient, project: Project, work: _Pass, why: str) -> list[str]:
+    """Delete the workspace server pods (label `kluis.io/kind: server`, set by the hub's
+    spawner) in the project's namespace; returns the names of those still there (terminating
+    included). One LIST, plus a DELETE per running server."""
+    namespace = namespace_name(project.code)
+    pods = kube.list_owned("Pod", SERVER_POD_SELECTOR, namespace)
+    stopped = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        if not pod["metadata"].get("deletionTimestamp"):
+            kube.delete("Pod", namespace, name)
+            stopped.append(name)
+    if stopped:
+        work.audits.append(("workspace_servers_stopped", {"pods": sorted(stopped), "why": why}))
+        log.info("workspace_servers_stopped", project=project.code, pods=len(stopped), why=why)
+    return [pod["metadata"]["name"] for pod in pods]
+
+
+def _stop_servers_while_frozen(
+    kube: KubeClient,
+    project: Project,
+    now: datetime,
+    status: WorkspaceStatus,
+    work: _Pass,
+    result: ReconcileResult,
+) -> ReconcileResult:
+    """A frozen project's workspace is ready only without servers: while some still terminate,
+    say so and look again soon (a resync: LISTs only)."""
+    left = _stop_servers(kube, project, work, str(project.state))
+    if not left:
+        return result
+    status.reason = f"{project.state}: {len(left)} workspace server(s) stopping"
+    status.next_attempt_at = now + timedelta(seconds=TEARDOWN_POLL_SECONDS)
+    return ReconcileResult(TEARDOWN_POLL_SECONDS, status.phase, status.reason)
+
+
 def _resync(kube: KubeClient, project: Project, objects: list[dict[str, Any]], work: _Pass) -> None:
     """Read what Kluis owns for the project (one LIST per kind), re-apply what is missing or has
     drifted, and delete what is owned but not desired. An unchanged workspace costs LISTs only."""
@@ -377,6 +521,8 @@ def _tear_down(
         meta = live.get("metadata", {})
         since_text = meta.get("deletionTimestamp")
         if since_text is None:
+            # The namespace takes its pods along; stopping the servers first makes it at once.
+            _stop_servers(kube, project, work, str(project.state))
             kube.delete("Namespace", None, name)
             since = now
         else:
@@ -418,6 +564,78 @@ def _tear_down(
     return ReconcileResult(None, WorkspacePhase.TORN_DOWN)
 
 
+def _settle_storage(
+    project: Project, settings: Settings, now: datetime, storage: _Storage, work: _Pass
+) -> None:
+    """After teardown: an archived project's storage into one verified archive (the live folder
+    goes once it verified); a deleted project's archive and any folder left removed, and a
+    deletion certificate drawn up. File work only; `work` carries what to record."""
+    storage_root = settings.effective_project_storage_root
+    archive_root = settings.effective_archive_root
+    if storage.step == "archive":
+        facts = archive.settle_archived(
+            storage_root, archive_root, project.code, now, storage.recorded
+        )
+        if storage.recorded is None:
+            work.archived = facts
+            work.audits.append(
+                (
+                    "project_archive_created",
+                    {
+                        "path": facts.path,
+                        "sha256": facts.sha256,
+                        "size_bytes": facts.size_bytes,
+                        "file_count": facts.file_count,
+                    },
+                )
+            )
+        return
+    if storage.certified:
+        return
+    found = archive.remove_project_data(storage_root, archive_root, project.code)
+    if not (found or storage.recorded or storage.was_active):
+        return  # never had a workspace, storage or archive: nothing was there to remove
+    paths: list[dict[str, Any]] = []
+    recorded = storage.recorded
+    if recorded is not None:  # listed even when a crashed earlier pass removed the files
+        paths.append({"path": recorded.path, "kind": "archive", "bytes": recorded.size_bytes})
+        paths.append({"path": recorded.manifest_path, "kind": "manifest"})
+    listed = {entry["path"] for entry in paths}
+    paths.extend(entry for entry in found if entry["path"] not in listed)
+    archive_details = None
+    if recorded is not None:
+        archive_details = {
+            **recorded.as_dict(),
+            "created_at": storage.archive_created_at.isoformat()
+            if storage.archive_created_at
+            else None,
+        }
+    body = {
+        "project_code": project.code,
+        "project_id": project.id,
+        "issued_at": now.isoformat(),
+        "issued_by": f"reconciler {settings.leader_election_identity or default_identity()}",
+        "policy": storage.policy,
+        "removed": {
+            "archive": archive_details,
+            "paths": paths,
+            "workspace": {"namespace": namespace_name(project.code), "torn_down": True},
+        },
+    }
+    work.certificate = body
+    work.audits.append(
+        (
+            "project_deletion_certificate_issued",
+            {
+                "sha256": archive.certificate_digest(body),
+                "archive_sha256": recorded.sha256 if recorded else None,
+                "paths": [entry["path"] for entry in paths],
+            },
+        )
+    )
+    log.info("project_data_deleted", project=project.code, paths=len(paths))
+
+
 def _namespace_blockers(namespace: Mapping[str, Any]) -> str:
     """The namespace controller's own account of what holds deletion up (its True conditions)."""
     conditions = namespace.get("status", {}).get("conditions") or []
@@ -457,6 +675,8 @@ def due_project_ids(session: Session) -> list[int]:
                 & or_(
                     WorkspaceStatus.id.is_(None),
                     WorkspaceStatus.phase != WorkspacePhase.TORN_DOWN,
+                    # torn down at expiry, archived or deleted since: its storage step is due
+                    WorkspaceStatus.updated_at < Project.state_changed_at,
                 ),
             )
         )

@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,11 +101,20 @@ class Ports:
 class LocalCluster:
     """A real control plane in a folder. `up()` is idempotent; `down()` leaves no process behind."""
 
-    def __init__(self, root: Path, nodes: int = 1, tie_to_parent: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 1,
+        tie_to_parent: bool = False,
+        apiserver_flags: Sequence[str] = (),
+    ) -> None:
         self.root = root.resolve()
         self.nodes = nodes
         # When True, every component dies with the process that started it (test sessions).
         self.tie_to_parent = tie_to_parent
+        # Extra kube-apiserver flags, after the defaults (a later flag wins), e.g. the
+        # benchmarks' `--max-requests-inflight=0`.
+        self.apiserver_flags = tuple(apiserver_flags)
         self.pki = pki.Pki(self.root / "pki")
         self.logs = self.root / "logs"
 
@@ -214,6 +223,33 @@ class LocalCluster:
             state["pids"] = {}
             self._save_state(state)
 
+    def stop_apiserver(self) -> None:
+        """Stop only the API server (an outage for the clients; etcd and the rest keep running).
+        `start_apiserver` brings it back on the same port with the same certificates."""
+        state = self._state()
+        pid = state.get("pids", {}).pop("kube-apiserver", None)
+        if pid is not None and _alive(pid) and _owned(pid, self.root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._save_state(state)
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start the API server stopped by `stop_apiserver` and wait until it is ready."""
+        state = self._state()
+        if not state.get("ports"):
+            raise ClusterError(f"the cluster in {self.root} was never started")
+        if "kube-apiserver" in self._running_pids():
+            return
+        ports = Ports(**state["ports"])
+        self._start(state, "kube-apiserver", self._apiserver_args(Path(state["bin_dir"]), ports))
+        self._wait("kube-apiserver", time.monotonic() + timeout, self._apiserver_ready)
+
     def _running_pids(self) -> dict[str, int]:
         pids: dict[str, int] = self._state().get("pids", {})
         return {n: p for n, p in pids.items() if _alive(p) and _owned(p, self.root)}
@@ -296,6 +332,7 @@ class LocalCluster:
             "--endpoint-reconciler-type=none",
             f"--encryption-provider-config={p.path('encryption.yaml')}",
             "--v=1",
+            *self.apiserver_flags,
         ]
 
     def _controller_manager_args(self, bins: Path, ports: Ports) -> list[str]:
