@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export KLUIS_DATA_DIR ?= $(CURDIR)/.kluis
 
-.PHONY: help dev test test-fast lint bench cluster-build postgres system-packages clean clean-cache
+.PHONY: help dev test test-fast lint bench cluster-build node-tools postgres system-packages clean clean-cache
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,10 @@ cluster-build: $(STAMP) ## Build (or reuse) the pinned Kubernetes, etcd, kwok an
 	@command -v go >/dev/null || { echo "Go 1.26 is required to build the local control plane" >&2; exit 1; }
 	$(BIN)/kluis cluster build
 
-dev: $(STAMP) cluster-build ## Start Kluis locally: SQLite, the local Kubernetes control plane, the API
+node-tools: ## Install configurable-http-proxy (npm) into the cache, once per pinned version
+	@.ci/node-tools >/dev/null
+
+dev: $(STAMP) cluster-build node-tools ## Start Kluis locally: SQLite, the local Kubernetes control plane, the API
 	$(BIN)/kluis dev
 
 postgres: ## Install and start PostgreSQL on loopback for the tests
@@ -39,7 +42,7 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy (strict) and import-linter con
 system-packages: ## Install the Debian packages the tests need (only the missing ones)
 	@.ci/system-packages
 
-test: system-packages $(STAMP) cluster-build lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
+test: system-packages $(STAMP) cluster-build node-tools lint ## Install what is missing, lint, then every test on SQLite and PostgreSQL
 	pg_url="$$(.ci/postgres)" && KLUIS_TEST_POSTGRES_URL="$$pg_url" KLUIS_REQUIRE_POSTGRES=1 KLUIS_REQUIRE_BROWSER=1 $(BIN)/pytest
 
 test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick feedback only)
