@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export KLUIS_DATA_DIR ?= $(CURDIR)/.kluis
 
-.PHONY: help dev test test-fast lint bench cluster-build node-tools postgres system-packages clean clean-cache
+.PHONY: help dev test test-fast lint bench cluster-build node-tools postgres system-packages clean clean-cache images
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-fast: $(STAMP) ## Tests that need neither the cluster nor PostgreSQL (quick
 
 bench: system-packages $(STAMP) cluster-build ## Benchmarks: ratios measured in one run, JSON in bench-results/
 	pg_url="$$(.ci/postgres)" && KLUIS_BENCH_POSTGRES_URL="$$pg_url" $(BIN)/python -m bench
+
+images: ## Build and check the container images with buildah, no Docker (IMAGES="hub workspace" for some)
+	images/build $(IMAGES)
 
 clean: ## Remove build outputs, caches and local state (not the compiled binaries)
 	-$(BIN)/kluis cluster down 2>/dev/null
