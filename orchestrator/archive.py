@@ -2,9 +2,10 @@
 area as a tar with a checksum manifest, and at deletion the archive removed and a deletion
 certificate drawn up.
 
-File work only (no database, no Kubernetes): the reconciler calls `settle_archived` and
-`remove_project_data` once a project's workspace is torn down (nothing writes to the folder any
-more) and records what they return. Every step is idempotent and crash-safe: files are written
+The steps are file work only (no Kubernetes, no writes to the database): the reconciler calls
+`settle_archived` and `remove_project_data` once a project's workspace is torn down (nothing
+writes to the folder any more) and records what they return; the readers at the end serve the
+API, the portal and the command line. Every step is idempotent and crash-safe: files are written
 under a temporary name, fsynced and renamed into place; an archive counts only once it has been
 read back and matches its manifest; the live folder is removed only after that. A rerun after a
 crash at any point converges to one verified archive and no live folder.
@@ -26,8 +27,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from orchestrator.errors import Invalid
+from orchestrator.errors import Invalid, NotFound
+from orchestrator.models import DeletionCertificate, Project, ProjectArchive
 
 log = structlog.get_logger(__name__)
 
@@ -309,6 +313,46 @@ def remove_project_data(
 def certificate_digest(content: Mapping[str, Any]) -> str:
     """SHA-256 of a certificate's canonical JSON (what `DeletionCertificate.sha256` holds)."""
     return hashlib.sha256(_canonical(dict(content))).hexdigest()
+
+
+# --- reading the records ------------------------------------------------------------------------
+
+
+def find_archive(session: Session, project: Project) -> ProjectArchive | None:
+    return session.scalars(
+        select(ProjectArchive).where(ProjectArchive.project_id == project.id)
+    ).one_or_none()
+
+
+def find_certificate(session: Session, project: Project) -> DeletionCertificate | None:
+    return session.scalars(
+        select(DeletionCertificate).where(DeletionCertificate.project_id == project.id)
+    ).one_or_none()
+
+
+def get_certificate(session: Session, project: Project) -> DeletionCertificate:
+    """The project's deletion certificate; `NotFound` until the reconciler has issued it."""
+    certificate = find_certificate(session, project)
+    if certificate is None:
+        raise NotFound(f"Project {project.code} has no deletion certificate (yet).")
+    return certificate
+
+
+def certificate_body(certificate: DeletionCertificate) -> dict[str, Any]:
+    """What a certificate's `sha256` covers."""
+    return {
+        "project_code": certificate.project_code,
+        "project_id": certificate.project_id,
+        "issued_at": certificate.issued_at.isoformat(),
+        "issued_by": certificate.issued_by,
+        "policy": certificate.policy,
+        "removed": certificate.removed,
+    }
+
+
+def certificate_intact(certificate: DeletionCertificate) -> bool:
+    """Whether the stored certificate still hashes to its `sha256` (no field edited since)."""
+    return certificate_digest(certificate_body(certificate)) == certificate.sha256
 
 
 # --- plumbing ------------------------------------------------------------------------------------

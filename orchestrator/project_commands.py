@@ -16,7 +16,16 @@ from typing import Annotated, Any, NoReturn
 import typer
 from sqlalchemy.orm import Session
 
-from orchestrator import accounts, applications, catalogue, grants, policy, projects, requests
+from orchestrator import (
+    accounts,
+    applications,
+    archive,
+    catalogue,
+    grants,
+    policy,
+    projects,
+    requests,
+)
 from orchestrator.config import Settings
 from orchestrator.db import make_engine, make_sessionmaker, session_scope
 from orchestrator.errors import KluisError
@@ -370,3 +379,40 @@ def projects_decide(
             typer.echo(json.dumps(_request_data(request)))
         else:
             typer.echo(f"request {request.id} ({request.kind.value}) is {request.state.value}")
+
+
+@projects_app.command("certificate")
+def projects_certificate(
+    ctx: typer.Context, code: str, as_user: AsOption = None, as_json: JsonOption = False
+) -> None:
+    """A deleted project's deletion certificate: what was removed, when, by which policy."""
+    with _transaction(_settings(ctx)) as session:
+        actor = _actor(session, as_user)
+        project = _project(session, code, actor)
+        if actor is not None:
+            policy.authorize(actor, Action.AUDIT_READ)
+        certificate = archive.get_certificate(session, project)
+        data = {
+            **archive.certificate_body(certificate),
+            "sha256": certificate.sha256,
+            "intact": archive.certificate_intact(certificate),
+        }
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    removed = data["removed"]
+    typer.echo(f"Deletion certificate of project {data['project_code']}")
+    typer.echo(f"  issued      {data['issued_at']} by {data['issued_by']}")
+    typer.echo(
+        f"  policy      kept {data['policy'].get('retention_years')} years after archiving "
+        f"(until {data['policy'].get('retention_until')})"
+    )
+    if removed.get("archive"):
+        item = removed["archive"]
+        typer.echo(
+            f"  archive     sha256 {item['sha256']}, {item['file_count']} files, "
+            f"{item['size_bytes']} bytes"
+        )
+    for entry in removed.get("paths", []):
+        typer.echo(f"  removed     {entry['path']} ({entry['kind']})")
+    typer.echo(f"  sha256      {data['sha256']} ({'intact' if data['intact'] else 'ALTERED'})")

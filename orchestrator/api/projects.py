@@ -4,12 +4,14 @@ decisions). A project or request the caller may not see is a 404, never a 403.""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from orchestrator import applications, grants, policy, projects, requests
+from orchestrator import applications, archive, grants, policy, projects, requests
 from orchestrator.api.access import allow, require_step_up
 from orchestrator.api.deps import (
     CurrentPrincipal,
@@ -331,6 +333,69 @@ def project_grants(
         )
         for g in grants.grant_history(session, project)
     ]
+
+
+# --- archive and deletion certificate (staff who read the audit trail) ----------------------------
+
+
+class ProjectArchiveRead(BaseModel):
+    """The verified archive of an archived project's storage (`removed_at`: deleted since)."""
+
+    project_code: str
+    path: str
+    manifest_path: str
+    sha256: str
+    manifest_sha256: str
+    size_bytes: int
+    content_bytes: int
+    file_count: int
+    created_at: datetime
+    removed_at: datetime | None
+
+
+class DeletionCertificateRead(BaseModel):
+    """What was removed when a project was deleted, when, by which policy and process;
+    `intact` says whether the stored certificate still matches its `sha256`."""
+
+    project_code: str
+    issued_at: datetime
+    issued_by: str
+    policy: dict[str, Any]
+    removed: dict[str, Any]
+    sha256: str
+    intact: bool
+
+
+@router.get("/api/projects/{code}/archive")
+def get_project_archive(
+    code: Code, principal: CurrentPrincipal, session: SessionDep
+) -> ProjectArchiveRead:
+    """The archive of an archived (or deleted) project; 404 until the reconciler made it."""
+    project = _project(session, principal, code)
+    allow(principal, Action.AUDIT_READ)
+    row = archive.find_archive(session, project)
+    if row is None:
+        raise NotFound(f"Project {project.code} has no archive (yet).")
+    return ProjectArchiveRead.model_validate(row, from_attributes=True)
+
+
+@router.get("/api/projects/{code}/deletion-certificate")
+def get_deletion_certificate(
+    code: Code, principal: CurrentPrincipal, session: SessionDep
+) -> DeletionCertificateRead:
+    """The deletion certificate of a deleted project; 404 until the reconciler issued it."""
+    project = _project(session, principal, code)
+    allow(principal, Action.AUDIT_READ)
+    row = archive.get_certificate(session, project)
+    return DeletionCertificateRead(
+        project_code=row.project_code,
+        issued_at=row.issued_at,
+        issued_by=row.issued_by,
+        policy=row.policy,
+        removed=row.removed,
+        sha256=row.sha256,
+        intact=archive.certificate_intact(row),
+    )
 
 
 # --- change requests ------------------------------------------------------------------------------
