@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from orchestrator import archive
+from orchestrator.api.deps import session_cookie_name
 from orchestrator.cli import app as kluis_app
 from orchestrator.config import Settings
 from orchestrator.db import make_engine, upgrade_database
@@ -31,6 +32,7 @@ from orchestrator.models import (
     Role,
     User,
 )
+from orchestrator.sessions import open_session
 
 ISSUED = datetime(2031, 5, 1, 3, 0, tzinfo=UTC)
 LEAD, MEMBER, OUTSIDER = "lead", "member", "outsider"
@@ -262,3 +264,32 @@ def test_cli_certificate_refuses_researchers_and_missing_ones(
     assert "error:" in as_lead.output
     assert missing.exit_code == 1
     assert "no deletion certificate" in missing.output
+
+
+# --- the portal ---------------------------------------------------------------------------------
+
+
+def page_as(app: FastAPI, session: Session, settings: Settings, user: User, path: str) -> str:
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as browser:
+        _row, secret = open_session(session, user, "testclient", "test", settings)
+        session.flush()
+        browser.cookies.set(session_cookie_name(settings), secret)
+        response = browser.get(path)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_project_page_shows_archive_and_certificate_to_stewards_only(
+    world: World, app: FastAPI, db_session: Session, db_settings: Settings
+) -> None:
+    path = f"/projects/{world.deleted.code}"
+
+    steward = page_as(app, db_session, db_settings, world.callers[STEWARD], path)
+    lead = page_as(app, db_session, db_settings, world.callers[LEAD], path)
+
+    assert "Deletion certificate" in steward
+    assert world.certificate.sha256 in steward
+    assert f"/archive/{world.deleted.code}.tar" in steward
+    assert "intact" in steward
+    assert "Deletion certificate" not in lead
+    assert world.certificate.sha256 not in lead

@@ -408,6 +408,20 @@ DUTCH: Mapping[str, str] = {
     "Active": "Actief",
     "Frozen": "Bevroren",
     "Archived": "Gearchiveerd",
+    # archive and deletion certificate (project page, staff)
+    "Archive and deletion": "Archief en verwijdering",
+    "Project archive": "Projectarchief",
+    "Created": "Gemaakt",
+    "Location": "Locatie",
+    "Removed": "Verwijderd",
+    "Deletion certificate": "Verwijderingsbewijs",
+    "Issued": "Uitgegeven",
+    "Retention policy": "Bewaarbeleid",
+    "Kept %(years)s years after archiving, until %(day)s": (
+        "Bewaard tot %(years)s jaar na archivering, tot %(day)s"
+    ),
+    "intact": "ongewijzigd",
+    "altered since it was issued": "gewijzigd sinds uitgifte",
     "Rejected": "Afgewezen",
     "Submitted: to review": "Ingediend: te beoordelen",
     "Quoted: waiting for the lead": "Offerte uitgebracht: wacht op de projectleider",

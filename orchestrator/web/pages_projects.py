@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from orchestrator import (
     accounts,
     applications,
+    archive,
     catalogue,
     costs,
     grants,
@@ -609,6 +610,22 @@ def history_rows(
     return rows
 
 
+def lifecycle_panel(session: Session, user: User, project: Project) -> dict[str, Any] | None:
+    """The archive and deletion certificate, for staff who read the audit trail; None when
+    there is neither (or the caller may not see them)."""
+    if not policy.can(user, Action.AUDIT_READ):
+        return None
+    record = archive.find_archive(session, project)
+    certificate = archive.find_certificate(session, project)
+    if record is None and certificate is None:
+        return None
+    return {
+        "archive": record,
+        "certificate": certificate,
+        "intact": certificate is not None and archive.certificate_intact(certificate),
+    }
+
+
 @router.get("/projects/{code}")
 def project_page(
     code: str,
@@ -642,6 +659,7 @@ def project_page(
         and policy.can(user, Action.PROJECT_ACCEPT, project),
         **lead_requests(session, user, project, today, _),
         "actions": staff_actions(user, project, today),
+        "lifecycle": lifecycle_panel(session, user, project),
     }
     return render(request, "projects/project.html", context, principal=principal)
 
