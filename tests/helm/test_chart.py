@@ -305,7 +305,7 @@ SECRET_ENV = {
     "KLUIS_HUB_API_TOKEN",
     "KLUIS_AIRLOCK_SIGNING_KEY",
     "KLUIS_SMTP_PASSWORD",
-    "JUPYTERHUB_CRYPT_KEY",
+    "JPY_COOKIE_SECRET",
     "CONFIGPROXY_AUTH_TOKEN",
 }
 
@@ -344,14 +344,14 @@ def test_chart_generated_secret_is_a_kept_hook_before_the_migration(helm: Path) 
         "secret-key",
         "hub-service-token",
         "hub-api-token",
-        "hub-crypt-key",
+        "hub-cookie-secret",
         "proxy-auth-token",
         "airlock-signing-key",
         "database-url",
     }
     assert len(data["secret-key"]) >= 32
     assert len(base64.b64decode(data["airlock-signing-key"])) == 32
-    assert len(base64.b64decode(data["hub-crypt-key"])) == 32
+    assert re.fullmatch(r"[0-9a-f]{64}", data["hub-cookie-secret"])  # JPY_COOKIE_SECRET: hex
 
 
 def test_chart_existing_secret_generates_nothing(helm: Path) -> None:
@@ -377,7 +377,7 @@ def test_chart_migration_job_is_a_pre_install_pre_upgrade_hook(helm: Path) -> No
     container = job["spec"]["template"]["spec"]["containers"][0]
 
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert container["command"] + container["args"] == ["kluis", "migrate"]
+    assert container["args"] == ["kluis", "migrate"]
     # What the Job needs exists before it: its settings, account and policy are hooks too.
     hooks = [
         o
@@ -400,7 +400,7 @@ def test_chart_sqlite_trial_migrates_in_the_single_control_plane(helm: Path) -> 
     (init,) = control_plane["spec"]["template"]["spec"]["initContainers"]
 
     assert by_kind(objects, "Job") == [find(objects, "Job", "r-kluis-smoke-test")]
-    assert init["command"] + init["args"] == ["kluis", "migrate"]
+    assert init["args"] == ["kluis", "migrate"]
     assert control_plane["spec"]["replicas"] == 1
     assert control_plane["spec"]["strategy"] == {"type": "Recreate"}
     sqlite_claim = find(objects, "PersistentVolumeClaim", "r-kluis-sqlite")
@@ -534,8 +534,8 @@ def test_chart_every_workload_has_a_disruption_budget_when_long_running(helm: Pa
     budgets = by_kind(objects, "PodDisruptionBudget")
     for deployment in by_kind(objects, "Deployment"):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        if labels["app.kubernetes.io/component"] == "scheduler":
-            continue  # one replica that may simply move
+        if labels["app.kubernetes.io/component"] in ("scheduler", "hub-sync"):
+            continue  # one-replica loops that may simply move
         assert any(
             b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets
         ), deployment["metadata"]["name"]
@@ -652,3 +652,61 @@ def test_chart_schema_accepts_the_default_values_apart_from_the_required_ones(
         "/database/postgresql/existingSecret",
         "/storage/nfs/server",
     }
+
+
+# --- the hub --------------------------------------------------------------------------------------
+
+
+def _hub_env(objects: list[Manifest], data_dir: Path) -> dict[str, str]:
+    pod = find(objects, "Deployment", "r-kluis-hub")["spec"]["template"]["spec"]
+    env = {
+        entry["name"]: entry.get("value", entry["name"].lower() + "-" + "x" * 40)
+        for entry in pod["containers"][0]["env"]
+    }
+    env["KLUIS_HUB_DATA_DIR"] = str(data_dir)  # the pod's emptyDir
+    return env
+
+
+def test_chart_hub_environment_is_what_jupyterhub_config_reads(helm: Path, tmp_path: Path) -> None:
+    from traitlets.config import Config
+
+    from orchestrator.hub import jupyterhub_config
+
+    env = _hub_env(render(helm, "production"), tmp_path)
+    c = Config()
+
+    jupyterhub_config.configure(c, env)
+
+    assert c.JupyterHub.bind_url == "http://:8000/jupyter/"
+    assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8081"
+    assert c.JupyterHub.hub_connect_url == "http://r-kluis-hub:8081"
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.ConfigurableHTTPProxy.api_url == "http://r-kluis-proxy-api:8001"
+    assert c.KluisAuthenticator.control_plane_url == "http://r-kluis-control-plane:8000"
+    assert c.KluisAuthenticator.portal_url == "https://kluis.example.org/"
+    (culler,) = [s for s in c.JupyterHub.services if s["name"] == "idle-culler"]
+    assert "--timeout=3600" in culler["command"]
+    source = Path(jupyterhub_config.__file__).read_text()
+    for name in env:
+        if name.startswith("KLUIS_"):
+            assert re.search(rf"[\"']{name}[\"']", source), f"{name} is not read by the hub"
+
+
+def test_chart_hub_culler_off_removes_the_service(helm: Path, tmp_path: Path) -> None:
+    from traitlets.config import Config
+
+    from orchestrator.hub import jupyterhub_config
+
+    env = _hub_env(render(helm, "production", "hub.culler.enabled=false"), tmp_path)
+    c = Config()
+
+    jupyterhub_config.configure(c, env)
+
+    assert [s["name"] for s in c.JupyterHub.services] == ["kluis-control-plane"]
+
+
+def test_chart_control_plane_reaches_the_hub_api_through_its_service(helm: Path) -> None:
+    env = find(render(helm, "production"), "ConfigMap", "r-kluis")["data"]
+
+    assert env["KLUIS_HUB_API_URL"] == "http://r-kluis-hub:8081/jupyter/hub/api"
+    assert env["KLUIS_HUB_PUBLIC_URL"] == "https://kluis.example.org/jupyter"

@@ -223,12 +223,13 @@ def test_chart_install_upgrade_test_uninstall_on_the_local_cluster(
             "--timeout",
             "180s",
         )
-        running = _wait_pods_running(kube, ns, expected=7)
+        running = _wait_pods_running(kube, ns, expected=8)
         components = sorted(p.metadata.labels["app.kubernetes.io/component"] for p in running)
         assert components == [
             "control-plane",
             "control-plane",
             "hub",
+            "hub-sync",
             "proxy",
             "reconciler",
             "reconciler",
@@ -323,8 +324,8 @@ def test_chart_trial_installs_with_sqlite_on_the_node(
             "--timeout",
             "180s",
         )
-        running = _wait_pods_running(kube, ns, expected=5)
-        assert len(running) == 5
+        running = _wait_pods_running(kube, ns, expected=6)
+        assert len(running) == 6
         nodes = {p.spec.node_name for p in running}
         assert len(nodes) == 1, "the SQLite file is shared on one node"
         helm_in(helm, cluster, "uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "120s")

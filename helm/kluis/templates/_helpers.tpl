@@ -253,6 +253,7 @@ KLUIS_PROXY_POD_LABELS: {{ include "kluis.selectorLabelsJson" (dict "root" . "co
 KLUIS_HUB_API_PORT: "8081"
 KLUIS_HUB_PUBLIC_URL: {{ printf "%s%s" (include "kluis.publicUrl" .) ($v.hub.baseUrl | trimSuffix "/") | quote }}
 KLUIS_HUB_API_URL: {{ printf "http://%s:8081%shub/api" (include "kluis.componentName" (dict "root" . "component" "hub")) $v.hub.baseUrl | quote }}
+KLUIS_HUB_SYNC_INTERVAL_SECONDS: {{ $v.hubSync.intervalSeconds | quote }}
 {{- with $v.hub.workspaceImages }}
 KLUIS_WORKSPACE_IMAGES: {{ toJson . | quote }}
 {{- end }}
