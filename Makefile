@@ -39,6 +39,10 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy (strict) and import-linter con
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+helm-lint: cluster-build ## helm lint --strict of helm/kluis with every values profile in helm/kluis/ci/
+	@helm="$$($(BIN)/python -c 'from orchestrator.devcluster.build import ensure_built; print(ensure_built() / "helm")')"; \
+	for values in helm/kluis/ci/*-values.yaml; do echo "== $$values"; "$$helm" lint --strict helm/kluis -f "$$values"; done
+
 system-packages: ## Install the Debian packages the tests need (only the missing ones)
 	@.ci/system-packages
 
