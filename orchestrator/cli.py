@@ -18,6 +18,7 @@ from orchestrator.config import Environment, Settings, load_settings
 from orchestrator.db import script_heads, upgrade_database
 from orchestrator.devcluster.cluster import ClusterError, LocalCluster
 from orchestrator.devcluster.commands import cluster_app
+from orchestrator.hub_commands import dev_hub_settings, hub_app, running_dev_hub
 from orchestrator.log import configure_logging
 from orchestrator.project_commands import projects_app
 from orchestrator.workspace_commands import render
@@ -29,6 +30,7 @@ app.add_typer(admin_commands.tokens_app, name="tokens")
 app.add_typer(admin_commands.institutions_app, name="institutions")
 app.add_typer(admin_commands.audit_app, name="audit")
 app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(hub_app, name="hub")
 app.add_typer(projects_app, name="projects")
 app.add_typer(schedule_commands.schedule_app, name="schedule")
 app.add_typer(schedule_commands.mail_app, name="mail")
@@ -132,6 +134,7 @@ def dev(ctx: typer.Context) -> None:
         # Browsers drop Secure cookies on plain http; development on loopback only.
         settings = settings.model_copy(update={"cookie_secure": False})
         ctx.obj = settings
+    settings = ctx.obj = dev_hub_settings(settings)  # hub tokens made up for this run if unset
     _migrate(settings)
     admin_commands.demo_data(ctx)
     # Tied to this process: however `kluis dev` ends (Ctrl-C, SIGTERM, a crash), the cluster goes.
@@ -161,7 +164,12 @@ def dev(ctx: typer.Context) -> None:
                 f"kubeconfig {cluster.kubeconfig} · reconciler metrics "
                 f"http://{settings.reconcile_metrics_host}:{reconciler.metrics_port}/metrics"
             )
-            _serve(settings)
+            # JupyterHub + proxy with the development spawner (a local jupyterhub-singleuser
+            # per server) and the hub sync, so "Open workspace" leads to a working JupyterLab.
+            with running_dev_hub(settings) as hub:
+                typer.echo(f"JupyterHub (development spawner) at {hub.public_url}/hub/")
+                _serve(settings)
+                typer.echo("stopping JupyterHub ...")
             typer.echo("stopping the reconciler ...")
     finally:
         typer.echo("stopping the local Kubernetes control plane ...")

@@ -98,6 +98,8 @@ def configure(c: Any, env: Mapping[str, str]) -> None:
         spawner = c.KluisDevSpawner
         spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
         spawner.servers_root = env.get("KLUIS_HUB_DEV_SERVERS_ROOT", str(data_dir / "dev-servers"))
+        if os.geteuid() == 0:  # CI and containers run as root; development only
+            spawner.args = ["--allow-root"]
     else:
         c.JupyterHub.spawner_class = KluisSpawner
         spawner = c.KluisSpawner
