@@ -16,6 +16,8 @@ Why each rule is there:
 - RBAC escalation prevention: the API server only lets a subject create a Role (or bind one)
   whose rules it holds itself. The hub Role in `manifests.make_hub_role` grants verbs on pods,
   services, events and claims, so the reconciler must hold exactly those verbs too.
+- `pods` `list` and `delete` (within the hub's grants above): the reconciler stops workspace
+  servers (label `kluis.io/kind: server`) when a project is frozen or ends.
 - `coordination.k8s.io` leases: only in the reconciler's own namespace (a Role, not cluster-wide).
 
 Never here: wildcards, `escalate`, `bind`, `impersonate`, secrets, pods/exec, cluster roles.
@@ -69,7 +71,8 @@ def make_reconciler_cluster_role(name: str = RECONCILER_ROLE_NAME) -> Manifest:
         _rule("", ["persistentvolumeclaims"], _merged(_NAMESPACED_OWNED, _HUB_READ)),
         _rule("networking.k8s.io", ["networkpolicies"], _NAMESPACED_OWNED),
         _rule("rbac.authorization.k8s.io", ["rolebindings", "roles"], _NAMESPACED_OWNED),
-        # Held only because the hub Role grants them (never used by the reconciler itself).
+        # Held because the hub Role grants them; of these the reconciler itself only lists and
+        # deletes server pods (frozen and ended projects).
         _rule("", ["events"], _HUB_READ),
         _rule("", ["pods", "services"], _HUB_MANAGE),
     ]

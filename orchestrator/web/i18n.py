@@ -418,7 +418,7 @@ DUTCH: Mapping[str, str] = {
     "Issued": "Uitgegeven",
     "Retention policy": "Bewaarbeleid",
     "Kept %(years)s years after archiving, until %(day)s": (
-        "Bewaard tot %(years)s jaar na archivering, tot %(day)s"
+        "%(years)s jaar bewaard na archivering, tot %(day)s"
     ),
     "intact": "ongewijzigd",
     "altered since it was issued": "gewijzigd sinds uitgifte",
