@@ -335,3 +335,45 @@ def test_apiserver_outage_mid_teardown_stays_honest_and_converges(
     assert len(env.rows(ProjectArchive, project_id)) == 1
     assert not env.folder(project_id).exists()
     assert len(env.audits("workspace_torn_down", project_id)) == 1
+
+
+# --- a crash between the file work and the database commit -------------------------------------
+
+
+def test_crash_after_the_file_work_converges_to_one_record_each(env: Env) -> None:
+    settings = env.projects.settings
+    project_id = env.projects.project(state=ProjectState.ARCHIVED)
+    code = env.projects.code(project_id)
+    (env.folder(project_id) / "workspace").mkdir(parents=True)
+    files = fill_workspace(env.folder(project_id))
+    storage, area = settings.effective_project_storage_root, settings.effective_archive_root
+    # A pass packed, verified and removed the folder, then died before its commit.
+    crashed = archive.settle_archived(storage, area, code, utcnow())
+
+    recovered = env.reconcile(project_id)
+
+    assert recovered.phase is WorkspacePhase.TORN_DOWN
+    [row] = env.rows(ProjectArchive, project_id)
+    assert (row.sha256, row.file_count) == (crashed.sha256, len(files))
+    assert len(env.audits("project_archive_created", project_id)) == 1
+
+    env.move(project_id, ProjectState.DELETED)
+    # A pass removed the archive, then died before the certificate was stored.
+    archive.remove_project_data(storage, area, code)
+
+    deleted = env.reconcile(project_id)
+
+    assert deleted.phase is WorkspacePhase.TORN_DOWN
+    [certificate] = env.rows(DeletionCertificate, project_id)
+    assert certificate.removed["archive"]["sha256"] == crashed.sha256
+    assert {p["path"] for p in certificate.removed["paths"]} == {
+        crashed.path,
+        crashed.manifest_path,
+    }
+    assert len(env.audits("project_deletion_certificate_issued", project_id)) == 1
+
+
+def fill_workspace(folder: Path) -> dict[str, bytes]:
+    for area in ("export",):
+        (folder / area).mkdir(parents=True, exist_ok=True)
+    return fill(folder)
