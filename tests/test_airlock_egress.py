@@ -1,0 +1,308 @@
+"""Airlock egress on SQLite and PostgreSQL: frozen copies are what is checked, reviewed and
+released (workspace edits afterwards change nothing); every (state, action) outside the table is a
+409; four-eyes and self-review rules; release manifests verify and break when edited; downloads
+only by the requester, checksum verified, audited."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from project_factories import make_project, make_researcher, make_staff
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestrator import airlock, airlock_egress
+from orchestrator.airlock_egress import OUTPUT_TRANSITIONS, FileSpec
+from orchestrator.airlock_models import (
+    OutputKind,
+    OutputRequest,
+    OutputState,
+    ReviewDecision,
+)
+from orchestrator.config import Settings
+from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
+from orchestrator.models import AuditEvent, MemberRole, ProjectMember, ProjectState, Role
+
+S = OutputState
+TABLE = b"region,count\nNorth,120\nSouth,85\n"
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings(db_settings: Settings, tmp_path: Path) -> Settings:
+    return db_settings.model_copy(
+        update={"airlock_dir": tmp_path / "airlock", "project_storage_root": tmp_path / "projects"}
+    )
+
+
+@pytest.fixture
+def w(db_session: Session, settings: Settings) -> dict:
+    db_session.info["settings"] = settings
+    member = make_researcher(db_session)
+    project = make_project(db_session, state=ProjectState.ACTIVE, members=[member])
+    export = airlock.project_area(settings, project, "export")
+    export.mkdir(parents=True)
+    (export / "table.csv").write_bytes(TABLE)
+    (export / "model.txt").write_text("OLS results\nDf Residuals: 480\n")
+    return {
+        "project": project,
+        "member": member,
+        "lead": project.lead,
+        "checkers": [make_staff(db_session, Role.OUTPUT_CHECKER) for _ in range(3)],
+        "steward": make_staff(db_session, Role.DATA_STEWARD),
+        "export": export,
+    }
+
+
+def new_request(session, settings, w, files=None) -> OutputRequest:
+    specs = files or [
+        FileSpec("table.csv", OutputKind.TABLE, "Counts by region", "rounded to 5"),
+        FileSpec("model.txt", OutputKind.MODEL, "Regression of income"),
+    ]
+    return airlock_egress.create_request(
+        session, settings, w["member"], w["project"], "Regional counts", specs, NOW
+    )
+
+
+def submitted(session, settings, w) -> OutputRequest:
+    request = new_request(session, settings, w)
+    return airlock_egress.submit_request(session, settings, w["member"], request, None, NOW)
+
+
+def approve(session, w, request, who: int) -> None:
+    airlock_egress.review_request(
+        session, w["checkers"][who], request, ReviewDecision.APPROVE, "", {}, None, NOW
+    )
+
+
+def test_egress_submit_freezes_and_checks_the_copy(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    assert request.state is S.CHECKED
+    table = request.files[0]
+    assert table.verdict == "pass"
+    assert table.sha256 == __import__("hashlib").sha256(TABLE).hexdigest()
+    (w["export"] / "table.csv").write_bytes(b"region,count\nNorth,3\n")  # edited afterwards
+    frozen = airlock_egress.frozen_path(settings, table)
+    assert frozen.read_bytes() == TABLE
+    assert request.policy_version == "acro-defaults-1"
+    actions = db_session.scalars(
+        select(AuditEvent.action).where(AuditEvent.object_type == "output_request")
+    ).all()
+    assert actions == [
+        "airlock_output_created",
+        "airlock_output_submitted",
+        "airlock_output_checked",
+    ]
+
+
+def test_egress_full_flow_two_approvals_release_download(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    approve(db_session, w, request, 0)
+    assert request.state is S.IN_REVIEW
+    approve(db_session, w, request, 1)
+    assert request.state is S.APPROVED
+    airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
+    assert request.state is S.RELEASED
+    assert airlock_egress.verify_manifest(settings, request.manifest)
+    manifest = request.manifest["manifest"]
+    assert [f["sha256"] for f in manifest["files"]] == [f.sha256 for f in request.files]
+    assert [r["decision"] for r in manifest["reviews"]] == ["approve", "approve"]
+    path = airlock_egress.open_download(db_session, settings, w["member"], request.files[0], NOW)
+    assert path.read_bytes() == TABLE
+    downloads = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "airlock_output_downloaded")
+    ).all()
+    assert len(downloads) == 1
+
+
+def test_egress_manifest_edit_breaks_verification(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    approve(db_session, w, request, 0)
+    approve(db_session, w, request, 1)
+    airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
+    document = json.loads(json.dumps(request.manifest))
+    document["manifest"]["files"][0]["sha256"] = "0" * 64
+    assert not airlock_egress.verify_manifest(settings, document)
+    other = settings.model_copy(update={"airlock_dir": settings.effective_airlock_dir / "other"})
+    assert not airlock_egress.verify_manifest(other, request.manifest)
+
+
+def test_egress_download_only_by_requester_and_only_released(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    with pytest.raises(Conflict):
+        airlock_egress.open_download(db_session, settings, w["member"], request.files[0], NOW)
+    approve(db_session, w, request, 0)
+    approve(db_session, w, request, 1)
+    airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
+    with pytest.raises(Forbidden):  # the lead of the same project
+        airlock_egress.open_download(db_session, settings, w["lead"], request.files[0], NOW)
+    with pytest.raises(NotFound):  # a researcher of another project
+        airlock_egress.open_download(
+            db_session, settings, make_researcher(db_session), request.files[0], NOW
+        )
+    with pytest.raises(Forbidden):
+        airlock_egress.open_download(db_session, settings, w["checkers"][0], request.files[0], NOW)
+
+
+def test_egress_tampered_frozen_copy_is_not_released_or_downloaded(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    approve(db_session, w, request, 0)
+    approve(db_session, w, request, 1)
+    frozen = airlock_egress.frozen_path(settings, request.files[0])
+    os.chmod(frozen, 0o600)
+    frozen.write_bytes(b"region,count\nNorth,1\n")
+    with pytest.raises(Conflict):
+        airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
+    assert request.state is S.APPROVED
+
+
+def test_egress_submitter_and_members_never_review(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    for person in (w["member"], w["lead"], w["steward"]):
+        with pytest.raises(Forbidden):
+            airlock_egress.review_request(
+                db_session, person, request, ReviewDecision.APPROVE, "", {}, None, NOW
+            )
+    inside = w["checkers"][0]
+    w["project"].members.append(ProjectMember(user_id=inside.id, role=MemberRole.RESEARCHER))
+    db_session.flush()
+    with pytest.raises(Forbidden):
+        approve(db_session, w, request, 0)
+    assert request not in airlock_egress.review_queue(db_session, inside)
+
+
+def test_egress_same_checker_cannot_approve_twice(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    approve(db_session, w, request, 0)
+    with pytest.raises(Conflict):
+        approve(db_session, w, request, 0)
+    assert request.state is S.IN_REVIEW
+
+
+def test_egress_required_approvals_per_project(db_session, settings, w):
+    one = settings.model_copy(update={"airlock_project_approvals": {w["project"].code: 1}})
+    request = new_request(db_session, one, w)
+    airlock_egress.submit_request(db_session, one, w["member"], request, None, NOW)
+    approve(db_session, w, request, 0)
+    assert request.state is S.APPROVED
+
+
+def test_egress_return_with_comments_and_resubmit_makes_new_version(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    with pytest.raises(Invalid):
+        airlock_egress.review_request(
+            db_session, w["checkers"][0], request, ReviewDecision.RETURN, "", {}, None, NOW
+        )
+    airlock_egress.review_request(
+        db_session,
+        w["checkers"][0],
+        request,
+        ReviewDecision.RETURN,
+        "Round the counts",
+        {request.files[0].id: "Use base 5"},
+        None,
+        NOW,
+    )
+    assert request.state is S.RETURNED
+    assert request.reviews[0].file_comments == {str(request.files[0].id): "Use base 5"}
+    again = airlock_egress.resubmit_request(db_session, settings, w["member"], request, NOW)
+    assert (again.state, again.revision, again.previous_id) == (S.DRAFT, 2, request.id)
+
+
+def test_egress_reject_and_withdraw(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    airlock_egress.review_request(
+        db_session, w["checkers"][0], request, ReviewDecision.REJECT, "Microdata", {}, None, NOW
+    )
+    assert request.state is S.REJECTED
+    other = submitted(db_session, settings, w)
+    with pytest.raises(Forbidden):
+        airlock_egress.withdraw_request(db_session, w["lead"], other, None, NOW)
+    airlock_egress.withdraw_request(db_session, w["member"], other, None, NOW)
+    assert other.state is S.WITHDRAWN
+
+
+def test_egress_every_state_action_outside_the_table_is_a_conflict(db_session, settings, w):
+    request = new_request(db_session, settings, w)
+    for state in OutputState:
+        for action in ("submit", "approve", "return", "reject", "release", "withdraw"):
+            request.state = state
+            if (state, action) in OUTPUT_TRANSITIONS:
+                continue
+            with pytest.raises(Conflict):
+                airlock_egress._step(request, action)
+
+
+def test_egress_stale_version_is_a_conflict(db_session, settings, w):
+    request = new_request(db_session, settings, w)
+    with pytest.raises(Conflict):
+        airlock_egress.submit_request(
+            db_session, settings, w["member"], request, request.version + 1, NOW
+        )
+
+
+@pytest.mark.parametrize("path", ["../import/x.csv", "/etc/passwd", "a\u202e.csv", "missing.csv"])
+def test_egress_paths_outside_export_refused(db_session, settings, w, path):
+    with pytest.raises(Invalid):
+        new_request(db_session, settings, w, [FileSpec(path, OutputKind.TABLE, "x")])
+
+
+def test_egress_symlink_in_export_refused(db_session, settings, w, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_bytes(TABLE)
+    (w["export"] / "link.csv").symlink_to(secret)
+    with pytest.raises(Invalid):
+        new_request(db_session, settings, w, [FileSpec("link.csv", OutputKind.TABLE, "x")])
+
+
+def test_egress_symlink_swapped_in_after_draft_refused_at_submit(db_session, settings, w, tmp_path):
+    request = new_request(db_session, settings, w)
+    secret = tmp_path / "secret.csv"
+    secret.write_bytes(TABLE)
+    (w["export"] / "table.csv").unlink()
+    (w["export"] / "table.csv").symlink_to(secret)
+    with pytest.raises(Invalid):
+        airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
+
+
+def test_egress_only_current_members_of_active_projects_ask(db_session, settings, w):
+    with pytest.raises(NotFound):
+        airlock_egress.authorize_submitter(make_researcher(db_session), w["project"])
+    with pytest.raises(Forbidden):
+        airlock_egress.authorize_submitter(w["checkers"][0], w["project"])
+    w["project"].state = ProjectState.FROZEN
+    with pytest.raises(Conflict):
+        airlock_egress.authorize_submitter(w["member"], w["project"])
+
+
+def test_egress_failing_table_is_flagged_but_people_decide(db_session, settings, w):
+    (w["export"] / "small.csv").write_bytes(b"region,count\nNorth,3\n")
+    request = new_request(
+        db_session, settings, w, [FileSpec("small.csv", OutputKind.TABLE, "Counts")]
+    )
+    preflight = airlock_egress.preflight(settings, request)
+    assert preflight[request.files[0].id].verdict.value == "fail"
+    airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
+    assert request.files[0].verdict == "fail"
+    approve(db_session, w, request, 0)  # the checks inform; people decide
+    assert request.state is S.IN_REVIEW
+
+
+def test_egress_queue_oldest_first_light_lane_and_working_days(db_session, settings, w):
+    first = submitted(db_session, settings, w)
+    light = new_request(db_session, settings, w)
+    light.light = True
+    airlock_egress.submit_request(
+        db_session, settings, w["member"], light, None, NOW + timedelta(hours=1)
+    )
+    checker = w["checkers"][0]
+    normal_lane = airlock_egress.review_queue(db_session, checker, light=False)
+    assert [r.id for r in normal_lane if r.project_id == w["project"].id] == [first.id]
+    light_lane = airlock_egress.review_queue(db_session, checker, light=True)
+    assert [r.id for r in light_lane if r.project_id == w["project"].id] == [light.id]
+    friday = datetime(2026, 11, 27, 9, tzinfo=UTC)
+    assert airlock_egress.working_days_since(friday, friday + timedelta(days=4)) == 2
