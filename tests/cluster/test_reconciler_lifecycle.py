@@ -22,7 +22,7 @@ from cluster.test_manifests_admitted import quota_ready, workspace_pod
 from orchestrator import archive
 from orchestrator.config import Settings
 from orchestrator.db import make_sessionmaker, session_scope
-from orchestrator.devcluster.cluster import LocalCluster
+from orchestrator.devcluster.cluster import LocalCluster, Ports
 from orchestrator.kube import KubeClient
 from orchestrator.models import (
     AuditEvent,
@@ -33,7 +33,7 @@ from orchestrator.models import (
     WorkspacePhase,
 )
 from orchestrator.names import namespace_name, project_selector
-from orchestrator.reconciler import ReconcileResult, due_project_ids
+from orchestrator.reconciler import ReconcileResult, due_project_ids, reconcile_all
 
 pytestmark = pytest.mark.cluster
 
@@ -377,3 +377,38 @@ def fill_workspace(folder: Path) -> dict[str, bytes]:
     for area in ("export",):
         (folder / area).mkdir(parents=True, exist_ok=True)
     return fill(folder)
+
+
+def test_reconcile_all_archives_and_certifies_through_its_short_transactions(env: Env) -> None:
+    settings = env.projects.settings
+    project_id = env.projects.project(state=ProjectState.ARCHIVED)
+    (env.folder(project_id) / "workspace").mkdir(parents=True)
+    fill_workspace(env.folder(project_id))
+
+    first = reconcile_all(env.projects.factory, env.kube, settings, env.tick())
+
+    code = env.projects.code(project_id)
+    assert first.errors == {}
+    assert first.phases[code] is WorkspacePhase.TORN_DOWN
+    assert len(env.rows(ProjectArchive, project_id)) == 1
+    assert not env.folder(project_id).exists()
+
+    env.move(project_id, ProjectState.DELETED)
+    second = reconcile_all(env.projects.factory, env.kube, settings, env.tick())
+
+    assert second.errors == {}
+    assert len(env.rows(DeletionCertificate, project_id)) == 1
+    env.kube.calls.clear()
+    third = reconcile_all(env.projects.factory, env.kube, settings, env.tick())
+    assert code not in third.phases  # done: not even due any more
+    assert sum(env.kube.calls.values()) == 0
+
+
+def test_local_cluster_extra_apiserver_flags_come_last(tmp_path: Path) -> None:
+    flags = ("--max-requests-inflight=0", "--enable-priority-and-fairness=false")
+    local = LocalCluster(tmp_path / "c", apiserver_flags=flags)
+
+    args = local._apiserver_args(tmp_path, Ports())
+
+    assert tuple(args[-2:]) == flags  # after the defaults: a repeated flag's last value wins
+    assert args[0].endswith("kube-apiserver")
