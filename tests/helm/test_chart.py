@@ -397,7 +397,9 @@ def test_chart_migration_job_is_a_pre_install_pre_upgrade_hook(helm: Path) -> No
 def test_chart_sqlite_trial_migrates_in_the_single_control_plane(helm: Path) -> None:
     objects = render(helm, TRIAL)
     control_plane = find(objects, "Deployment", "r-kluis-control-plane")
-    (init,) = control_plane["spec"]["template"]["spec"]["initContainers"]
+    inits = control_plane["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["freshclam-init", "migrate"]
+    init = inits[1]
 
     assert by_kind(objects, "Job") == [find(objects, "Job", "r-kluis-smoke-test")]
     assert init["args"] == ["kluis", "migrate"]
@@ -506,7 +508,13 @@ def test_chart_clamav_on_shares_the_socket_with_the_control_plane(helm: Path) ->
     }
     env = find(objects, "ConfigMap", "r-kluis")["data"]
 
-    assert mounts == {"control-plane": {"/run/clamav"}, "clamd": {"/run/clamav"}}
+    assert mounts == {
+        "control-plane": {"/run/clamav"},
+        "clamd": {"/run/clamav"},
+        "freshclam": {"/run/clamav"},
+    }
+    (init,) = pod["initContainers"]
+    assert init["command"][0] == "freshclam", "signatures before clamd starts"
     assert env["KLUIS_CLAMD_SOCKET"] == "/run/clamav/clamd.ctl"
 
 
@@ -559,6 +567,7 @@ def test_chart_every_workload_has_a_disruption_budget_when_long_running(helm: Pa
         (["kluis.extraEnv.KLUIS_SECRET_KEY=x"], "KLUIS_SECRET_KEY"),
         (["kluis.extraEnv.PATH=/bin"], "PATH"),
         (["storage.csi.volumeHandle=fixed"], "volumeHandle"),
+        (["clamav.streamMaxLength=5G"], "streamMaxLength"),
         (["networkPolicy.apiServerCidrs[0]=everywhere"], "apiServerCidrs"),
         (["database.postgresql.url=mysql://x"], "url"),
     ],

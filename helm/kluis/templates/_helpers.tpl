@@ -305,6 +305,18 @@ KLUIS_RECONCILE_METRICS_PORT: {{ $v.reconciler.metricsPort | quote }}
       {{- include "kluis.selectorLabels" . | nindent 6 }}
 {{- end -}}
 
+{{- define "kluis.clamavMounts" -}}
+- name: clamd-socket
+  mountPath: /run/clamav
+- name: clamav-db
+  mountPath: /var/lib/clamav
+- name: clamav-config
+  mountPath: /etc/kluis-clamav
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
 {{- define "kluis.checksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
