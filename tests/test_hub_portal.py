@@ -157,3 +157,15 @@ def test_workspace_stop_with_the_hub_down_is_503(
     )
 
     assert response.status_code == 503
+
+
+def test_workspace_page_after_a_stop_says_so(
+    browser: TestClient, db_session: Session, db_settings: Settings
+) -> None:
+    project = active_project(db_session)
+    sign_in(browser, db_session, db_settings, member_of(project))
+
+    page = browser.get(f"/projects/{project.code}/workspace?stopping=1")
+
+    assert page.status_code == 200
+    assert "The workspace is stopping." in page.text

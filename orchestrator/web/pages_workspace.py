@@ -111,7 +111,8 @@ def _page(
     project: Project,
     now: Any,
     principal: Any,
-    notice: str | None = None,
+    *,
+    stopping: bool = False,
 ) -> Response:
     language = request_language(request)
     problem = launch.launch_problem(session, user, project, now)
@@ -129,7 +130,7 @@ def _page(
         "not_ready": not_ready,
         "state": state,
         "state_text": t.get(state.key, ""),
-        "stop_notice": notice,
+        "stop_notice": t["stop_requested"] if stopping else None,
     }
     response = render(request, "projects/workspace.html", context, principal=principal)
     # The launch form's answer redirects to the hub: allow that origin as a form target here.
@@ -150,12 +151,10 @@ def workspace_page(
 ) -> Response:
     principal = require_page_principal(principal)
     project = visible_project(session, principal.user, code)
-    notice = (
-        texts(request_language(request))["stop_requested"]
-        if "stopping" in request.query_params
-        else None
+    stopping = "stopping" in request.query_params
+    return _page(
+        request, session, settings, principal.user, project, now, principal, stopping=stopping
     )
-    return _page(request, session, settings, principal.user, project, now, principal, notice)
 
 
 @router.post("/projects/{code}/workspace/open")

@@ -133,7 +133,9 @@ def stop(stack: Stack, who: Researcher, code: str) -> None:
 def test_hub_launch_creates_one_pod_with_exactly_the_granted_mounts(stack: Stack) -> None:
     who = stack.researcher()
     code = stack.project(who, datasets=2)
+    began = time.monotonic()
     provision(stack, code)
+    MEASURED.setdefault("reconcile_one_workspace_s", []).append(time.monotonic() - began)
 
     _browser, issued = open_workspace(stack, who, code)
     pod = running_pod(stack, code)
