@@ -202,6 +202,33 @@ def _wait_pods_running(kube: client.ApiClient, namespace: str, expected: int) ->
         time.sleep(0.5)
 
 
+def _can(cluster: LocalCluster, account: str, namespace: str, *question: str) -> bool:
+    result = kubectl(
+        cluster, "auth", "can-i", *question, f"--as=system:serviceaccount:{namespace}:{account}"
+    )
+    return result.stdout.strip() == "yes"
+
+
+def _assert_least_privilege(cluster: LocalCluster, ns: str) -> None:
+    """What the API server itself answers for the release's service accounts."""
+    reconciler, hub, plain = "r-kluis-reconciler", "r-kluis-hub", "r-kluis"
+    assert _can(cluster, reconciler, ns, "create", "namespaces")
+    assert _can(cluster, reconciler, ns, "patch", "networkpolicies", "-n", "kluis-p-1")
+    assert _can(cluster, reconciler, ns, "update", "leases", "-n", ns)
+    assert not _can(cluster, reconciler, ns, "update", "leases", "-n", "kube-system")
+    assert not _can(cluster, reconciler, ns, "get", "secrets", "-n", ns)
+    assert not _can(
+        cluster, reconciler, ns, "create", "pods", "--subresource=exec", "-n", "kluis-p-1"
+    )
+    assert not _can(cluster, reconciler, ns, "create", "clusterroles")
+    # The hub: nothing cluster-wide and nothing in its own namespace; its project rights come
+    # from the reconciler's RoleBinding in each project namespace.
+    for verb, resource in [("list", "pods"), ("create", "pods"), ("get", "secrets")]:
+        assert not _can(cluster, hub, ns, verb, resource, "--all-namespaces")
+        assert not _can(cluster, hub, ns, verb, resource, "-n", ns)
+    assert not _can(cluster, plain, ns, "list", "pods", "-n", ns)
+
+
 def test_chart_install_upgrade_test_uninstall_on_the_local_cluster(
     helm: Path, cluster: LocalCluster, kube: client.ApiClient, restricted_namespace: str
 ) -> None:
@@ -237,6 +264,7 @@ def test_chart_install_upgrade_test_uninstall_on_the_local_cluster(
         ]
         claims = client.CoreV1Api(kube).list_namespaced_persistent_volume_claim(ns).items
         assert {c.status.phase for c in claims} == {"Bound"}
+        _assert_least_privilege(cluster, ns)
         before = _secret_data(kube, ns, "r-kluis")
         assert len(before["secret-key"]) == 64
         assert before["database-url"].startswith("postgresql+psycopg://")
@@ -299,6 +327,22 @@ def test_chart_install_upgrade_test_uninstall_on_the_local_cluster(
             "180s",
         )
         assert _secret_data(kube, ns, "r-kluis") == before
+
+        # an upgrade that cannot find the keys stops instead of generating new ones
+        client.CoreV1Api(kube).delete_namespaced_secret("r-kluis", ns)
+        refused = run_helm(
+            helm,
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-n",
+            ns,
+            *values,
+            f"--kubeconfig={cluster.kubeconfig}",
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert "Refusing to generate new keys" in refused.stderr
         helm_in(helm, cluster, "uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "120s")
     finally:
         helm_in(helm, cluster, "uninstall", RELEASE, "-n", ns, "--ignore-not-found", check=False)
