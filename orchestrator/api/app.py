@@ -13,6 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from orchestrator import __version__
+from orchestrator.api import airlock as airlock_routes
 from orchestrator.api import audit as audit_routes
 from orchestrator.api import auth, health, institutions, tokens, users
 from orchestrator.api import catalogue as catalogue_routes
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(catalogue_routes.router)
     app.include_router(project_routes.router)
     app.include_router(cost_routes.router)
+    app.include_router(airlock_routes.router)
     app.include_router(hub_routes.router)
     if settings.environment is not Environment.PRODUCTION:
         # Not in production: third-party script on the API's origin is not worth the risk there.
