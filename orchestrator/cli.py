@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import __version__, admin_commands, reconcile_commands, schedule_commands
+from orchestrator.airlock_commands import airlock_app
 from orchestrator.api.app import DOCS_URL, create_app
 from orchestrator.catalogue_commands import catalogue_app
 from orchestrator.config import Environment, Settings, load_settings
@@ -30,6 +31,7 @@ app.add_typer(admin_commands.tokens_app, name="tokens")
 app.add_typer(admin_commands.institutions_app, name="institutions")
 app.add_typer(admin_commands.audit_app, name="audit")
 app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(airlock_app, name="airlock")
 app.add_typer(hub_app, name="hub")
 app.add_typer(projects_app, name="projects")
 app.add_typer(schedule_commands.schedule_app, name="schedule")
