@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -719,3 +720,28 @@ def test_chart_control_plane_reaches_the_hub_api_through_its_service(helm: Path)
 
     assert env["KLUIS_HUB_API_URL"] == "http://r-kluis-hub:8081/jupyter/hub/api"
     assert env["KLUIS_HUB_PUBLIC_URL"] == "https://kluis.example.org/jupyter"
+
+
+def _settings_of(helm: Path, profile: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("KLUIS_"):
+            monkeypatch.delenv(name)
+    for key, value in _settings_env(render(helm, profile)).items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_chart_structured_values_reach_the_settings(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    production = _settings_of(helm, "production", monkeypatch)
+    csi = _settings_of(helm, "csi", monkeypatch)
+
+    assert production.session_idle_minutes == 20  # kluis.extraEnv
+    assert production.trusted_proxies == ["10.244.0.0/16"]
+    assert production.workspace_images == ["registry.example.org/kluis/workspace:0.1.0"]
+    assert production.hub_namespace == "kluis"
+    assert production.hub_service_account == "r-kluis-hub"
+    assert csi.compute_sizes["xlarge"].memory == "256Gi"
+    assert csi.storage_csi_volume_handle == "kluis{path}"
+    assert str(csi.effective_microdata_root) == "/var/lib/kluis/microdata"
