@@ -6,6 +6,8 @@ through the hub or the proxy, over HTTP or websocket. On SQLite and PostgreSQL."
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import pytest
 from conftest import BACKENDS, empty_database
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketError, websocket_connect
+
+from orchestrator import hub_sync, sessions
+from orchestrator.models import User
 
 from .stack import Researcher, Stack, running_stack
 
@@ -27,7 +32,12 @@ def stack(
     data_dir = tmp_path_factory.mktemp(f"devhub-{request.param}")
     with (
         empty_database(request.param, data_dir) as backend,
-        running_stack(backend, data_dir, spawner="development") as running,
+        running_stack(
+            backend,
+            data_dir,
+            spawner="development",
+            extra_env={"KLUIS_HUB_AUTH_REFRESH_SECONDS": "1"},
+        ) as running,
     ):
         yield running
 
@@ -117,3 +127,38 @@ async def websocket_refused(url: str, cookie: str) -> bool:
         return True
     connection.close()
     return False
+
+
+def test_hub_dev_revocation_stops_the_server_and_ends_the_hub_login(stack: Stack) -> None:
+    who = stack.researcher()
+    code = stack.project(who)
+    stack.mark_ready(code)
+    browser, lab = open_lab(stack, who, code)
+    assert lab.status_code == 200
+    home_url = f"{stack.hub.public_url}/hub/home"
+    assert browser.get(home_url, follow_redirects=False).status_code == 200  # logged in
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=hub_sync.run_sync_loop, args=(stack.factory, stack.settings, stop), daemon=True
+    )
+    loop.start()
+    try:
+        with stack.factory() as session, session.begin():
+            user = session.get(User, who.user_id)
+            assert user is not None
+            sessions.end_all_sessions(session, user, "account_suspended")
+        revoked = time.monotonic()
+        stack.wait_for(lambda: code not in stack.servers(who.username), 30, "the server stopped")
+        took = time.monotonic() - revoked
+    finally:
+        stop.set()
+        loop.join(timeout=15)
+
+    # Bound: one sync interval (1 s here) plus the stop itself.
+    assert took < stack.settings.hub_sync_interval_seconds + 10, took
+    time.sleep(1.5)  # past auth_refresh_age: the hub asks the control plane again
+    home = browser.get(home_url, follow_redirects=False)
+    assert home.status_code in (302, 303)
+    assert "/hub/login" in home.headers["location"] or home.headers["location"].startswith(
+        stack.settings.effective_public_url
+    )
