@@ -782,7 +782,7 @@ def notify_reviewers(
             person.email,
             f"{notify.SUBJECT_PREFIX} Project {project.code}: {what}",
             f"Dear {person.full_name},\n\nProject {project.code}: {what}.\n\n"
-            f"Review queue: {settings.effective_public_url}/airlock/{queue}\n",
+            f"Review queue: {settings.effective_public_url}/review/airlock/{queue}\n",
         )
 
 

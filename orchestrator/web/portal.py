@@ -80,6 +80,7 @@ def install_portal(app: FastAPI, settings: Settings) -> None:
     from orchestrator.web import (
         pages_account,
         pages_admin,
+        pages_airlock,
         pages_auth,
         pages_catalogue,
         pages_projects,
@@ -91,7 +92,14 @@ def install_portal(app: FastAPI, settings: Settings) -> None:
     app.state.portal = make_portal(settings)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     pages = (pages_auth, pages_account, pages_admin, pages_tokens)
-    for module in (*pages, pages_catalogue, pages_projects, pages_review, pages_workspace):
+    for module in (
+        *pages,
+        pages_airlock,
+        pages_catalogue,
+        pages_projects,
+        pages_review,
+        pages_workspace,
+    ):
         app.include_router(module.router)
     app.add_exception_handler(KluisError, _browser_or(handle_kluis_error))
     app.add_exception_handler(RequestValidationError, _browser_or(handle_validation_error))
