@@ -3,11 +3,13 @@ for `kluis dev` and the tests. Production runs the same config file in the hub i
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -17,6 +19,19 @@ import httpx
 from orchestrator.config import Settings
 
 START_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _terminate_with_parent() -> Callable[[], None]:
+    """For the child before exec: SIGTERM when the parent dies (Linux prctl), so a killed
+    `kluis dev` or test run leaves no hub behind (and the hub stops the proxy it started).
+    libc is loaded here, in the parent: the child only makes the one system call."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return arm
 
 
 def config_file() -> Path:
@@ -100,7 +115,12 @@ def start_hub(env: dict[str, str], data_dir: Path) -> HubProcess:
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, env=env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env=env,
+            cwd=data_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_terminate_with_parent(),
         )
     hub = HubProcess(process, public_url, f"{public_url}/hub/api", log_path)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -8,6 +8,7 @@ long a server outlives its access. The hub logs such users out on its own (`refr
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ def run_sync_loop(
     """`sync_once` every `hub_sync_interval_seconds` until `stop` is set; errors are logged and
     the next pass tries again (the hub may be restarting)."""
     hub = HubApi(settings)
+    # httpx logs every request at INFO: one line per pass would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         while not stop.is_set():
             started = time.monotonic()
