@@ -218,6 +218,8 @@ class Settings(BaseSettings):
     kubeconfig: Path | None = None  # default: in-cluster config, else the local dev cluster's
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=24 * 3600)] = 300.0  # full resync
     reconcile_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    # Objects of one workspace applied at once (in dependency waves); 1: one after the other.
+    reconcile_apply_parallelism: Annotated[int, Field(ge=1, le=32)] = 4
     field_manager: str = "kluis-reconciler"
     # How often the loop looks for projects changed since its last look (one query, no API calls).
     reconcile_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0

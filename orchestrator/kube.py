@@ -164,7 +164,8 @@ class KubeClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeClient:
         """The configured kubeconfig; else in-cluster config; else the local dev cluster."""
-        pool = settings.reconcile_concurrency * 2
+        # One connection per request in flight: projects at once x objects of one at once.
+        pool = settings.reconcile_concurrency * max(2, settings.reconcile_apply_parallelism)
         if settings.kubeconfig is not None:
             path = settings.kubeconfig.expanduser().resolve()
             return cls.from_kubeconfig(path, settings.field_manager, pool)

@@ -12,9 +12,11 @@ from sqlalchemy import Engine, text
 from orchestrator.config import Settings
 from orchestrator.db import make_sessionmaker, session_scope
 from orchestrator.kube import KubeClient, Permanent, Retryable, classify, matches
+from orchestrator.manifests import make_workspace
 from orchestrator.models import ProjectState, WorkspacePhase
 from orchestrator.reconciler import (
     BACKOFF_CAP_SECONDS,
+    apply_waves,
     backoff_seconds,
     desired_hash,
     reconcile_all,
@@ -109,3 +111,20 @@ def test_a_project_that_cannot_be_loaded_is_reported_and_the_pass_goes_on(
     assert summary.phases == {
         code: WorkspacePhase.PENDING for i, code in zip(ids, codes, strict=True) if i != broken
     }
+
+
+def test_apply_waves_put_every_object_after_what_it_needs() -> None:
+    from test_manifests import make_spec
+
+    objects = make_workspace(make_spec())
+
+    waves = apply_waves(objects)
+
+    assert sorted(map(repr, (o for wave in waves for o in wave))) == sorted(map(repr, objects))
+    kinds = [{o["kind"] for o in wave} for wave in waves]
+    assert kinds[0] == {"Namespace", "PersistentVolume"}
+    assert "Role" in kinds[1]
+    assert "RoleBinding" not in kinds[1]
+    assert kinds[2] == {"RoleBinding", "PersistentVolumeClaim"}
+    for wave in waves:  # apply order kept within a wave
+        assert wave == [o for o in objects if o in wave]
