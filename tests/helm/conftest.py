@@ -25,13 +25,21 @@ def helm() -> Path:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """The control plane to install into (KLUIS_TEST_CLUSTER_DIR reuses a running one).
 
-    The same recipe as tests/cluster's fixture; a fixture there is not visible here."""
+    The same recipe as tests/cluster's fixture, which is not visible from here. So that one test
+    run starts one control plane, the one tests/cluster's fixture started in this session's
+    temporary folder (`cluster0`) is reused when it is up; its owner stops it at the end."""
     reuse = os.environ.get("KLUIS_TEST_CLUSTER_DIR")
     if reuse:
         existing = LocalCluster(Path(reuse))
         if any(state != "healthy" for state in existing.status().values()):
             pytest.fail(f"KLUIS_TEST_CLUSTER_DIR={reuse} is not a healthy cluster")
         yield existing
+        return
+    sibling = LocalCluster(tmp_path_factory.getbasetemp() / "cluster0")
+    if sibling.state_file.exists() and all(
+        state == "healthy" for state in sibling.status().values()
+    ):
+        yield sibling
         return
     local = LocalCluster(tmp_path_factory.mktemp("helm-cluster"), tie_to_parent=True)
     local.up()
