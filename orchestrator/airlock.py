@@ -500,11 +500,15 @@ def register_upload(
     legal_basis: str,
     now: datetime,
     source: str = "",
+    checks: tuple[str, list[Finding]] | None = None,
 ) -> Upload:
-    """Run the checks on quarantined bytes and record the upload (pending_review or blocked),
-    audited and, when it awaits review, notified to the reviewers."""
+    """Run the checks on quarantined bytes (unless `checks` holds their result, run before the
+    caller's transaction began, so no database lock is held during a scan) and record the upload
+    (pending_review or blocked), audited and, when it awaits review, notified to the reviewers."""
     name = check_upload_request(session, settings, actor, project, filename, legal_basis, True)
-    kind, findings = run_checks(settings, quarantine_dir(settings) / received.name)
+    if checks is None:
+        checks = run_checks(settings, quarantine_dir(settings) / received.name)
+    kind, findings = checks
     passed = all(f.verdict is Verdict.PASS for f in findings)
     state = UploadState.PENDING_REVIEW if passed else UploadState.BLOCKED
     upload = Upload(

@@ -296,6 +296,9 @@ async def stream_upload(
     received = writer.finish()
     source = request_source(request, settings)
     try:
+        checks = await run_in_threadpool(
+            airlock.run_checks, settings, airlock.quarantine_dir(settings) / received.name
+        )
         return await run_in_threadpool(
             airlock.register_upload,
             session,
@@ -307,6 +310,7 @@ async def stream_upload(
             legal_basis,
             now,
             source,
+            checks,
         )
     except BaseException:
         airlock.discard(settings, received)

@@ -284,6 +284,9 @@ async def upload_file(
     await run_in_threadpool(session.commit)  # no lock held while the bytes are copied and scanned
     received = await run_in_threadpool(airlock.receive_file, settings, upload.file)
     try:
+        checks = await run_in_threadpool(
+            airlock.run_checks, settings, airlock.quarantine_dir(settings) / received.name
+        )
         await run_in_threadpool(
             airlock.register_upload,
             session,
@@ -295,6 +298,7 @@ async def upload_file(
             legal_basis,
             now,
             request_source(request, settings),
+            checks,
         )
     except BaseException:
         airlock.discard(settings, received)
