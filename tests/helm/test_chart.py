@@ -745,3 +745,16 @@ def test_chart_structured_values_reach_the_settings(
     assert csi.compute_sizes["xlarge"].memory == "256Gi"
     assert csi.storage_csi_volume_handle == "kluis{path}"
     assert str(csi.effective_microdata_root) == "/var/lib/kluis/microdata"
+
+
+def test_chart_minimal_values_in_the_operations_guide_render(helm: Path, tmp_path: Path) -> None:
+    guide = (CHART.parents[1] / "docs" / "operations.md").read_text()
+    section = guide.split("A minimal `my-values.yaml` for production", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my-values.yaml").write_text(example)
+
+    result = run_helm(helm, "template", "kluis", str(CHART), "-f", str(tmp_path / "my-values.yaml"))
+
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert find(objects, "Job", "kluis-migrate")
+    assert find(objects, "ConfigMap", "kluis")["data"]["KLUIS_SMTP_HOST"] == "smtp.example.org"
