@@ -131,7 +131,7 @@ def pack_project(
     partial = tar_path.with_name(tar_path.name + PARTIAL_SUFFIX)
     files: list[dict[str, Any]] = []
     content_bytes = 0
-    with partial.open("wb") as raw:
+    with _open_private(partial) as raw:
         writer = _HashingWriter(raw)
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             if source.is_dir():
@@ -364,11 +364,18 @@ def _canonical(value: Any) -> bytes:
 
 def _write_durably(path: Path, data: bytes) -> None:
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with partial.open("wb") as handle:
+    with _open_private(partial) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     partial.replace(path)
+
+
+def _open_private(path: Path) -> IO[bytes]:
+    """Open for writing (truncated), readable by the owner only: an archive holds project data."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # also when the file was left by an earlier attempt
+    return os.fdopen(descriptor, "wb")
 
 
 def _fsync_dir(path: Path) -> None:

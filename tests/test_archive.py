@@ -70,6 +70,8 @@ def test_settle_archived_packs_verifies_and_removes_the_folder(roots: tuple[Path
         assert tar.getmember("home/bob").isdir()
     assert not (storage / CODE).exists()
     assert set(area.iterdir()) == {tar_path, manifest_path}  # no partial file left
+    assert {path.stat().st_mode & 0o777 for path in area.iterdir()} == {0o600}
+    assert area.stat().st_mode & 0o777 == 0o700
 
 
 def test_settle_archived_again_keeps_the_archive_and_repacks_nothing(
