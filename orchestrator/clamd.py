@@ -31,12 +31,18 @@ def scan_file(socket_path: Path, path: Path, timeout: float) -> ScanResult:
             conn.settimeout(timeout)
             conn.connect(str(socket_path))
             conn.sendall(b"zINSTREAM\0")
-            with path.open("rb") as source:
-                while chunk := source.read(CHUNK):
-                    if time.monotonic() > deadline:
-                        return ScanResult(False, "scanner timed out")
-                    conn.sendall(struct.pack(">I", len(chunk)) + chunk)
-            conn.sendall(struct.pack(">I", 0))
+            try:
+                with path.open("rb") as source:
+                    while chunk := source.read(CHUNK):
+                        if time.monotonic() > deadline:
+                            return ScanResult(False, "scanner timed out")
+                        conn.sendall(struct.pack(">I", len(chunk)) + chunk)
+                conn.sendall(struct.pack(">I", 0))
+            except (BrokenPipeError, ConnectionResetError):
+                # clamd stops reading when it refuses the stream (e.g. over StreamMaxLength) and
+                # says why before closing: report that reason, still as a failure.
+                said = _read_reply(conn, time.monotonic() + 2.0)
+                return ScanResult(False, f"scanner refused the file: {said[:200] or 'closed'}")
             reply = _read_reply(conn, deadline)
     except TimeoutError:
         return ScanResult(False, "scanner timed out")

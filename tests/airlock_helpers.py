@@ -23,7 +23,7 @@ EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
 
 
-def start_clamd(folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start_clamd(folder: Path, stream_max: str = "200M") -> tuple[subprocess.Popen[bytes], Path]:
     """Start clamd in `folder` and wait for PONG on its socket (about a second)."""
     database = folder / "db"
     database.mkdir()
@@ -34,7 +34,7 @@ def start_clamd(folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
     config.write_text(
         f"LocalSocket {sock}\nForeground yes\nDatabaseDirectory {database}\n"
         f"LogFile {folder / 'clamd.log'}\nTemporaryDirectory {folder}\n"
-        "StreamMaxLength 200M\nMaxScanSize 400M\nMaxFileSize 200M\n"
+        f"StreamMaxLength {stream_max}\nMaxScanSize 400M\nMaxFileSize 200M\n"
     )
     process = subprocess.Popen(
         [CLAMD, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from airlock_helpers import (
     EICAR,
     airlock_settings,
     clamd_socket,  # noqa: F401 (session fixture)
+    start_clamd,
     tar_bytes,
     tar_member,
     zip_bytes,
@@ -354,3 +356,23 @@ def test_approval_redone_after_crash_between_copy_and_commit(db_session, setting
     assert row.import_path == relative
     assert len(import_files(settings, world)) == 2  # the file and its .sha256, once
     airlock.remove_tree(airlock.project_area(settings, world["project"], "import"))
+
+
+@pytest.fixture(scope="module")
+def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A second clamd that refuses streams over 1 MiB (its StreamMaxLength)."""
+    process, sock = start_clamd(tmp_path_factory.mktemp("small-clamd"), stream_max="1M")
+    yield sock
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_upload_larger_than_clamds_stream_limit_is_blocked_with_its_reason(
+    db_session, settings, world, small_clamd
+):
+    limited = settings.model_copy(update={"clamd_socket": small_clamd})
+    row = upload(db_session, limited, world, b"region,count\n" + b"North,120\n" * 300_000)
+    assert row.state is UploadState.BLOCKED
+    malware = next(f for f in row.findings if f["check"] == "malware")
+    assert malware["verdict"] == "fail"
+    assert "INSTREAM size limit exceeded" in malware["detail"]
