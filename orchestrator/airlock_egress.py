@@ -246,6 +246,7 @@ def preflight(settings: Settings, request: OutputRequest) -> dict[int, disclosur
     researcher before submitting."""
     rules = disclosure.load_policy(settings.airlock_policy_file)
     results = {}
+    live: dict[str, tuple[Path, str]] = {}
     for output in request.files:
         try:
             path = resolve_export_file(settings, request.project, output.path)
@@ -255,7 +256,25 @@ def preflight(settings: Settings, request: OutputRequest) -> dict[int, disclosur
             )
             continue
         results[output.id] = disclosure.check_output(path, output.path, output.kind, rules)
+        live[output.path] = (path, _sha256(path))
+    ids = {f.path: f.id for f in request.files}
+    for file_path, extra in disclosure.acro_findings(live).items():
+        check = results[ids[file_path]]
+        findings = [*check.findings, *extra]
+        verdict = disclosure.worst([Verdict(f["verdict"]) for f in findings])
+        results[ids[file_path]] = disclosure.FileCheck(verdict, findings)
     return results
+
+
+def _merge_acro(
+    outputs: dict[int, OutputFile], files: dict[str, tuple[Path, str]], ids: dict[str, int]
+) -> None:
+    """Add the findings from ACRO's results and checksums to the files they concern."""
+    for path, extra in disclosure.acro_findings(files).items():
+        output = outputs[ids[path]]
+        output.findings = [*output.findings, *extra]
+        verdicts = [Verdict(f["verdict"]) for f in output.findings]
+        output.verdict = disclosure.worst(verdicts).value
 
 
 def required_approvals(settings: Settings, project: Project) -> int:
@@ -301,6 +320,11 @@ def submit_request(
         )
         output.verdict = result.verdict.value
         output.findings = result.findings
+    _merge_acro(
+        {f.id: f for f in request.files},
+        {f.path: (folder / f.frozen_name, f.sha256) for f in request.files},
+        {f.path: f.id for f in request.files},
+    )
     with conflict_if_stale(f"Output request {request.id}", version):
         request.state = target
         request.policy_version = rules.version

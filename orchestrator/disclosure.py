@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,3 +332,92 @@ def check_model_text(text: str, policy: Policy) -> list[dict[str, str]]:
             )
         ]
     return [_finding("residual_df", Verdict.PASS, f"{low} residual degrees of freedom")]
+
+
+# --- ACRO results ---------------------------------------------------------------------------------
+
+ACRO_RESULTS = "results.json"
+_ACRO_VERDICTS = {"pass": Verdict.PASS, "review": Verdict.REVIEW, "fail": Verdict.FAIL}
+
+
+def acro_findings(files: dict[str, tuple[Path, str]]) -> dict[str, list[dict[str, str]]]:
+    """Findings from ACRO's `finalise` folder when the request carries it: `files` maps each
+    request path to (its frozen copy, its sha256).
+
+    - `<dir>/results.json`: each output's ACRO status (pass/review/fail) and summary become
+      findings on its files (`<dir>/<name>`); a file ACRO lists but the request lacks is a review
+      finding on the results file; ACRO's own `DO_NOT_RELEASE` files fail;
+    - `<dir>/checksums/<name>.txt`: ACRO's sha256 of `<dir>/<name>` must equal the frozen copy's,
+      else that file fails (it is not what ACRO checked).
+    """
+    out: dict[str, list[dict[str, str]]] = {}
+
+    def add(path: str, finding: dict[str, str]) -> None:
+        out.setdefault(path, []).append(finding)
+
+    for path, (frozen, _sha) in files.items():
+        folder, _, name = path.rpartition("/")
+        prefix = f"{folder}/" if folder else ""
+        if name == ACRO_RESULTS:
+            _acro_results(path, prefix, frozen, files, add)
+        elif folder.endswith("checksums") and name.endswith(".txt"):
+            base = folder[: -len("checksums")]
+            target = f"{base}{name.removesuffix('.txt')}"
+            if target in files:
+                claimed = frozen.read_text(errors="replace").strip().lower()[:64]
+                if claimed == files[target][1]:
+                    add(target, _finding("acro_checksum", Verdict.PASS, "matches ACRO's sha256"))
+                else:
+                    add(
+                        target,
+                        _finding(
+                            "acro_checksum", Verdict.FAIL, "differs from the file ACRO checked"
+                        ),
+                    )
+    for path in files:
+        if "DO_NOT_RELEASE" in path.rpartition("/")[2]:
+            add(path, _finding("acro", Verdict.FAIL, "ACRO marks this file: do not release"))
+    return out
+
+
+def _acro_results(
+    path: str,
+    prefix: str,
+    frozen: Path,
+    files: dict[str, tuple[Path, str]],
+    add: Callable[[str, dict[str, str]], None],
+) -> None:
+    try:
+        data = json.loads(frozen.read_text())
+        results = data["results"]
+        assert isinstance(results, dict)
+    except (ValueError, KeyError, TypeError, AssertionError, OSError):
+        add(path, _finding("acro", Verdict.REVIEW, "results.json is not an ACRO results file"))
+        return
+    add(
+        path,
+        _finding(
+            "acro",
+            Verdict.PASS,
+            f"ACRO {str(data.get('version', '?'))[:20]} results: {len(results)} outputs",
+        ),
+    )
+    for uid, record in list(results.items())[:500]:
+        if not isinstance(record, dict):
+            continue
+        verdict = _ACRO_VERDICTS.get(str(record.get("status")), Verdict.REVIEW)
+        summary = str(record.get("summary", ""))[:300]
+        exception = str(record.get("exception", ""))[:300]
+        detail = f"ACRO {str(uid)[:40]}: {record.get('status')}; {summary}"
+        if exception:
+            detail += f"; exception asked: {exception}"
+        for entry in record.get("files", []) or []:
+            name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+            target = f"{prefix}{name}"
+            if target in files:
+                add(target, _finding("acro", verdict, detail))
+            elif name:
+                add(
+                    path,
+                    _finding("acro", Verdict.REVIEW, f"{name} (ACRO {uid}) is not in the request"),
+                )

@@ -306,3 +306,77 @@ def test_egress_queue_oldest_first_light_lane_and_working_days(db_session, setti
     assert [r.id for r in light_lane if r.project_id == w["project"].id] == [light.id]
     friday = datetime(2026, 11, 27, 9, tzinfo=UTC)
     assert airlock_egress.working_days_since(friday, friday + timedelta(days=4)) == 2
+
+
+def _acro_folder(export: Path, table: bytes, checksum_of: bytes) -> None:
+    """What ACRO's `finalise` writes: results.json, the outputs, and checksums/<name>.txt."""
+    folder = export / "acro"
+    (folder / "checksums").mkdir(parents=True)
+    (folder / "output_0_0.csv").write_bytes(table)
+    (folder / "checksums" / "output_0_0.csv.txt").write_text(
+        __import__("hashlib").sha256(checksum_of).hexdigest()
+    )
+    results = {
+        "version": "0.4.8",
+        "results": {
+            "output_0": {
+                "uid": "output_0",
+                "status": "fail",
+                "type": "table",
+                "files": [{"name": "output_0_0.csv", "sdc": {}}],
+                "summary": "fail; threshold: 2 cells suppressed;",
+                "exception": "Needed for the paper",
+                "comments": [],
+            },
+            "output_1": {
+                "uid": "output_1",
+                "status": "pass",
+                "type": "table",
+                "files": [{"name": "missing.csv", "sdc": {}}],
+                "summary": "pass",
+            },
+        },
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def _acro_request(session, settings, w) -> OutputRequest:
+    specs = [
+        FileSpec("acro/results.json", OutputKind.TEXT, "ACRO results"),
+        FileSpec("acro/output_0_0.csv", OutputKind.TABLE, "Counts by region"),
+        FileSpec("acro/checksums/output_0_0.csv.txt", OutputKind.TEXT, "ACRO checksum"),
+    ]
+    request = new_request(session, settings, w, specs)
+    return airlock_egress.submit_request(session, settings, w["member"], request, None, NOW)
+
+
+def test_egress_acro_results_verdicts_and_checksums_shown(db_session, settings, w):
+    _acro_folder(w["export"], TABLE, TABLE)
+    request = _acro_request(db_session, settings, w)
+    results, table, _checksum = request.files
+    acro = [f for f in table.findings if f["rule"].startswith("acro")]
+    assert {(f["rule"], f["verdict"]) for f in acro} == {
+        ("acro", "fail"),
+        ("acro_checksum", "pass"),
+    }
+    assert "Needed for the paper" in next(f for f in acro if f["rule"] == "acro")["detail"]
+    assert table.verdict == "fail"
+    assert any("missing.csv" in f["detail"] for f in results.findings)
+
+
+def test_egress_acro_checksum_mismatch_fails_the_file(db_session, settings, w):
+    _acro_folder(w["export"], TABLE, b"what ACRO really checked\n")
+    request = _acro_request(db_session, settings, w)
+    table = request.files[1]
+    assert ("acro_checksum", "fail") in {(f["rule"], f["verdict"]) for f in table.findings}
+
+
+def test_egress_acro_findings_in_the_preflight(db_session, settings, w):
+    _acro_folder(w["export"], TABLE, TABLE)
+    specs = [
+        FileSpec("acro/results.json", OutputKind.TEXT, "ACRO results"),
+        FileSpec("acro/output_0_0.csv", OutputKind.TABLE, "Counts by region"),
+    ]
+    request = new_request(db_session, settings, w, specs)
+    preflight = airlock_egress.preflight(settings, request)
+    assert preflight[request.files[1].id].verdict.value == "fail"
