@@ -758,3 +758,11 @@ def test_chart_minimal_values_in_the_operations_guide_render(helm: Path, tmp_pat
     objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert find(objects, "Job", "kluis-migrate")
     assert find(objects, "ConfigMap", "kluis")["data"]["KLUIS_SMTP_HOST"] == "smtp.example.org"
+
+
+def test_chart_image_pull_secrets_reach_every_pod(helm: Path) -> None:
+    objects = render(helm, "production", "imagePullSecrets[0]=regcred")
+
+    for workload, pod in pod_specs(objects):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}], workload["metadata"]
+    assert all("imagePullSecrets" not in pod["spec"] for _, pod in pod_specs(render(helm, "csi")))

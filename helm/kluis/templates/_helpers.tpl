@@ -102,15 +102,6 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{- define "kluis.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-{{- range . }}
-  - name: {{ . }}
-{{- end }}
-{{- end }}
-{{- end -}}
-
 {{/* Where a storage area is mounted in Kluis's containers: the node path itself for hostPath
 (workspaces use the same node paths), a fixed folder otherwise. */}}
 {{- define "kluis.mountPath" -}}
