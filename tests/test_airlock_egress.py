@@ -380,3 +380,32 @@ def test_egress_acro_findings_in_the_preflight(db_session, settings, w):
     request = new_request(db_session, settings, w, specs)
     preflight = airlock_egress.preflight(settings, request)
     assert preflight[request.files[1].id].verdict.value == "fail"
+
+
+def test_egress_release_interrupted_before_commit_is_redone(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    approve(db_session, w, request, 0)
+    approve(db_session, w, request, 1)
+    db_session.commit()  # (a savepoint in this test's transaction)
+    try:
+        with db_session.begin_nested():
+            airlock_egress.release_request(
+                db_session, settings, w["checkers"][2], request, None, NOW
+            )
+            raise RuntimeError("the process dies before the commit")
+    except RuntimeError:
+        pass
+    db_session.expire_all()
+    assert request.state is S.APPROVED
+    airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
+    assert request.state is S.RELEASED
+    assert airlock_egress.verify_manifest(settings, request.manifest)
+
+
+def test_egress_submit_after_an_interrupted_freeze_starts_again(db_session, settings, w):
+    request = new_request(db_session, settings, w)
+    leftover = airlock_egress.outputs_dir(settings, request)
+    leftover.mkdir(parents=True)
+    (leftover / "0001.csv").write_bytes(b"half a copy")
+    airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
+    assert airlock_egress.frozen_path(settings, request.files[0]).read_bytes() == TABLE
