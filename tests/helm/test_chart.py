@@ -195,10 +195,22 @@ def test_chart_network_policies_cover_every_pod_in_both_directions(
     policies = by_kind(rendered, "NetworkPolicy")
     for workload, pod in pod_specs(rendered):
         labels = pod["metadata"]["labels"]
-        mine = [p for p in policies if _selects(p, labels)]
+        # Its own policy, not just the namespace-wide default deny.
+        mine = [p for p in policies if p["spec"]["podSelector"] and _selects(p, labels)]
         types = {t for p in mine for t in p["spec"]["policyTypes"]}
         assert types == {"Ingress", "Egress"}, workload["metadata"]["name"]
-        assert all(p["spec"]["podSelector"].get("matchLabels") for p in mine), "no catch-all"
+
+
+def test_chart_namespace_default_deny_is_on_by_default(
+    helm: Path, rendered: list[Manifest]
+) -> None:
+    catch_all = [p for p in by_kind(rendered, "NetworkPolicy") if not p["spec"]["podSelector"]]
+
+    assert [(p["metadata"]["name"], p["spec"]) for p in catch_all] == [
+        ("r-kluis-default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+    ]
+    others = render(helm, "production", "networkPolicy.defaultDeny=false")
+    assert all(p["spec"]["podSelector"] for p in by_kind(others, "NetworkPolicy"))
 
 
 def test_chart_network_policies_never_allow_the_metadata_endpoint(
