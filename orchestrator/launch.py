@@ -47,11 +47,22 @@ ALLOWED_OPTIONS = frozenset({"image"})
 _OWN_SESSION_ENDS = frozenset({"logout", "ended_by_user", "replaced_by_login"})
 
 
+# The ticket's query parameter at the hub: JupyterHub's request log scrubs the values of
+# parameters whose names contain "auth" (jupyterhub.log.SCRUB_PARAM_KEYS), so no ticket is logged.
+TICKET_PARAM = "auth_ticket"
+
+
 @dataclass(frozen=True)
 class IssuedTicket:
     secret: str  # shown once, never stored
     expires_at: datetime
     launch_url: str  # where the browser goes: the hub's ticket login
+    project_code: str
+
+    @property
+    def url(self) -> str:
+        """The launch URL with the project and the ticket as query parameters."""
+        return f"{self.launch_url}?project={self.project_code}&{TICKET_PARAM}={self.secret}"
 
 
 def hash_ticket(secret: str) -> str:
@@ -126,7 +137,9 @@ def issue_ticket(
         source=source,
     )
     launch_url = f"{settings.hub_public_url}/hub/kluis/login"
-    return IssuedTicket(secret=secret, expires_at=expires_at, launch_url=launch_url)
+    return IssuedTicket(
+        secret=secret, expires_at=expires_at, launch_url=launch_url, project_code=project.code
+    )
 
 
 @dataclass(frozen=True)

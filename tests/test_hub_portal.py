@@ -111,7 +111,7 @@ def test_workspace_open_redirects_to_the_hub_with_a_ticket(
     assert response.status_code == 303
     location = response.headers["location"]
     assert location.startswith(
-        f"http://127.0.0.1:8001/hub/kluis/login?project={project.code}&ticket=klt_"
+        f"http://127.0.0.1:8001/hub/kluis/login?project={project.code}&auth_ticket=klt_"
     )
     assert db_session.scalars(select(LaunchTicket)).first() is not None
 

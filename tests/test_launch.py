@@ -96,7 +96,7 @@ def ticket_of(response: Any) -> str:
     assert response.status_code == 201, response.text
     body = response.json()
     query = parse_qs(urlsplit(body["url"]).query)
-    assert query["ticket"] == [body["ticket"]]
+    assert query["auth_ticket"] == [body["ticket"]]
     return str(body["ticket"])
 
 

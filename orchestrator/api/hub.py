@@ -37,7 +37,9 @@ HUB_ONLY: dict[int | str, dict[str, Any]] = {
 class LaunchRead(BaseModel):
     ticket: str = Field(description="Single use; valid until `expires_at`.")
     expires_at: datetime
-    launch_url: str = Field(description="The hub's ticket login; send `ticket` and `project`.")
+    launch_url: str = Field(
+        description="The hub's ticket login; send `project` and the ticket as `auth_ticket`."
+    )
     url: str = Field(description="`launch_url` with the ticket and project as query parameters.")
 
 
@@ -123,7 +125,7 @@ def create_launch(
         ticket=issued.secret,
         expires_at=issued.expires_at,
         launch_url=issued.launch_url,
-        url=f"{issued.launch_url}?project={project.code}&ticket={issued.secret}",
+        url=issued.url,
     )
 
 

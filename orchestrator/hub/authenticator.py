@@ -1,6 +1,7 @@
-"""Logging in to the hub with a launch ticket: `/hub/kluis/login?project=P&ticket=T` redeems the
-ticket server-to-server with the control plane and logs its user in, with no second form, then
-starts (or opens) that user's server named P. Any other way in (`/hub/login`) goes to the portal.
+"""Logging in to the hub with a launch ticket: `/hub/kluis/login?project=P&auth_ticket=T`
+redeems the ticket server-to-server with the control plane and logs its user in, with no second
+form, then starts (or opens) that user's server named P. Any other way in (`/hub/login`) goes
+to the portal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from traitlets import Unicode, default
 from orchestrator.hub.control_plane import ControlPlane, ControlPlaneRefused
 
 PROJECT_CODE_LENGTHS = (4, 5)
+# "auth" in the name: JupyterHub's request log shows the value as [secret].
+TICKET_PARAM = "auth_ticket"
 
 
 def valid_project_code(value: str) -> bool:
@@ -31,7 +34,7 @@ class PortalRedirectHandler(BaseHandler):  # type: ignore[misc]
 
 class TicketLoginHandler(BaseHandler):  # type: ignore[misc]
     async def get(self) -> None:
-        ticket = self.get_argument("ticket", "")
+        ticket = self.get_argument(TICKET_PARAM, "")
         project = self.get_argument("project", "")
         if not ticket or not valid_project_code(project):
             self.redirect(self.authenticator.portal_url)

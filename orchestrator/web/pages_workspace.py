@@ -172,7 +172,7 @@ def open_workspace(
     issued = launch.issue_ticket(
         session, principal.user, project, settings, now, source=request_source(request, settings)
     )
-    return redirect(f"{issued.launch_url}?project={project.code}&ticket={issued.secret}")
+    return redirect(issued.url)
 
 
 @router.post("/projects/{code}/workspace/stop")
