@@ -444,6 +444,7 @@ def resubmit_request(
     source: str = "",
 ) -> OutputRequest:
     """After a return: a new draft (the next revision) naming the same files as they are now."""
+    airlock.ensure_visible(actor, request.project)
     _own(actor, request)
     if request.state is not S.RETURNED:
         raise Conflict(f"Only a returned request is resubmitted (this one is {request.state}).")

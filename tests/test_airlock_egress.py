@@ -409,3 +409,68 @@ def test_egress_submit_after_an_interrupted_freeze_starts_again(db_session, sett
     (leftover / "0001.csv").write_bytes(b"half a copy")
     airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
     assert airlock_egress.frozen_path(settings, request.files[0]).read_bytes() == TABLE
+
+
+EGRESS_ACTIONS = ("submit", "approve", "return", "reject", "release", "withdraw", "resubmit")
+ACTORS = ("submitter", "lead", "outsider", "checker", "steward", "ops")
+# Independent of the code: which role may take which action at all, and from which states.
+MAY = {
+    "submitter": {"submit", "withdraw", "resubmit"},
+    "checker": {"approve", "return", "reject", "release"},
+}
+FROM = {
+    "submit": {S.DRAFT},
+    "approve": {S.CHECKED, S.IN_REVIEW},
+    "return": {S.CHECKED, S.IN_REVIEW},
+    "reject": {S.CHECKED, S.IN_REVIEW},
+    "release": {S.APPROVED},
+    "withdraw": {S.DRAFT, S.CHECKED, S.IN_REVIEW},
+    "resubmit": {S.RETURNED},
+}
+
+
+def _take(session, settings, actor, request, action):
+    if action == "submit":
+        return airlock_egress.submit_request(session, settings, actor, request, None, NOW)
+    if action in ("approve", "return", "reject"):
+        return airlock_egress.review_request(
+            session, actor, request, ReviewDecision(action), "reason", {}, None, NOW
+        )
+    if action == "release":
+        return airlock_egress.release_request(session, settings, actor, request, None, NOW)
+    if action == "withdraw":
+        return airlock_egress.withdraw_request(session, actor, request, None, NOW)
+    return airlock_egress.resubmit_request(session, settings, actor, request, NOW)
+
+
+@pytest.mark.parametrize("state", list(OutputState))
+@pytest.mark.parametrize("action", EGRESS_ACTIONS)
+def test_egress_every_state_action_role(db_session, settings, w, state, action):
+    request = submitted(db_session, settings, w)  # files frozen, so every state is realistic
+    request.state = state
+    db_session.flush()
+    people = {
+        "submitter": w["member"],
+        "lead": w["lead"],
+        "outsider": make_researcher(db_session),
+        "checker": w["checkers"][0],
+        "steward": w["steward"],
+        "ops": make_staff(db_session, Role.OPS),
+    }
+    for who in ACTORS:
+        with db_session.begin_nested() as attempt:
+            if who == "outsider":
+                expected: type[Exception] | None = NotFound
+            elif action not in MAY.get(who, set()):
+                expected = Forbidden
+            elif state not in FROM[action]:
+                expected = Conflict
+            else:
+                expected = None
+            if expected is None:
+                _take(db_session, settings, people[who], request, action)
+            else:
+                with pytest.raises(expected):
+                    _take(db_session, settings, people[who], request, action)
+            attempt.rollback()
+        db_session.expire_all()
