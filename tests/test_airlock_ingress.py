@@ -376,3 +376,57 @@ def test_upload_larger_than_clamds_stream_limit_is_blocked_with_its_reason(
     malware = next(f for f in row.findings if f["check"] == "malware")
     assert malware["verdict"] == "fail"
     assert "INSTREAM size limit exceeded" in malware["detail"]
+
+
+@pytest.mark.parametrize("state", list(UploadState))
+@pytest.mark.parametrize("action", ["approve", "reject"])
+def test_upload_every_state_action_role(db_session, settings, world, state, action):
+    passed = ("text/csv", [airlock.Finding("type", airlock.Verdict.PASS, "text/csv")])
+    received = airlock.receive_file(settings, io.BytesIO(CSV))
+    row = airlock.register_upload(
+        db_session,
+        settings,
+        world["member"],
+        world["project"],
+        received,
+        "r.csv",
+        "basis",
+        datetime.now(UTC),
+        checks=passed,
+    )
+    row.state = state
+    db_session.flush()
+    people = {
+        "uploader": world["member"],
+        "lead": world["project"].lead,
+        "outsider": make_researcher(db_session),
+        "checker": world["checker"],
+        "steward": world["steward"],
+        "ops": make_staff(db_session, Role.OPS),
+    }
+    now = datetime.now(UTC)
+
+    def take(person: object) -> None:
+        if action == "approve":
+            airlock.approve_upload(db_session, settings, person, row, None, now)
+        else:
+            airlock.reject_upload(db_session, settings, person, row, None, "no", now)
+
+    for who, person in people.items():
+        if who == "outsider":
+            expected: type[Exception] | None = NotFound
+        elif who not in ("checker", "steward"):
+            expected = Forbidden
+        elif state is not UploadState.PENDING_REVIEW:
+            expected = Conflict
+        else:
+            expected = None
+        with db_session.begin_nested() as attempt:
+            if expected is None:
+                take(person)
+            else:
+                with pytest.raises(expected):
+                    take(person)
+            attempt.rollback()
+        db_session.expire_all()
+    airlock.remove_tree(airlock.project_area(settings, world["project"], "import"))
