@@ -23,6 +23,7 @@ from orchestrator.models import ProjectState, Role
 
 from .conftest import BACKENDS, Portal, _postgres_url, sign_in
 from .live import bind_loopback, portal_settings, postgres_schema, serve
+from .test_browser_accessibility import check_page
 
 pytestmark = pytest.mark.browser
 CSV = b"region,count\nNorth,120\nSouth,85\n"
@@ -115,6 +116,12 @@ def test_browser_airlock_upload_approval_and_output_release(
         page.click("#record-review")
     page.click("#release-output")
     expect(page.locator(".lead-text")).to_contain_text("released")
+
+    problems = check_page(researcher, f"/projects/{code}/airlock")
+    problems += check_page(researcher, output_url)
+    problems += check_page(checker, "/review/airlock/uploads")
+    problems += check_page(checker, "/review/airlock/outputs")
+    assert problems == []
 
     researcher.goto(output_url)
     with researcher.expect_download() as info:
