@@ -47,6 +47,8 @@ def pod_specs(objects: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:
     for obj in objects:
         if obj["kind"] in WORKLOAD_KINDS:
             yield obj, obj["spec"]["template"]
+        elif obj["kind"] == "CronJob":
+            yield obj, obj["spec"]["jobTemplate"]["spec"]["template"]
 
 
 def by_kind(objects: list[Manifest], kind: str) -> list[Manifest]:

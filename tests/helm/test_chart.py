@@ -778,3 +778,15 @@ def test_chart_image_pull_secrets_reach_every_pod(helm: Path) -> None:
     for workload, pod in pod_specs(objects):
         assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}], workload["metadata"]
     assert all("imagePullSecrets" not in pod["spec"] for _, pod in pod_specs(render(helm, "csi")))
+
+
+def test_chart_airlock_sweep_runs_daily_with_only_the_airlock_mounted(helm: Path) -> None:
+    objects = render(helm, "production")
+    cron = find(objects, "CronJob", "r-kluis-airlock-sweep")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert container["args"] == ["kluis", "airlock", "sweep"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert {m["name"] for m in container["volumeMounts"]} == {"airlock", "data", "tmp"}
+    assert any(w["kind"] == "CronJob" for w, _ in pod_specs(objects)), "checked like the rest"

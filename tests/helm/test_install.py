@@ -92,7 +92,7 @@ def recording_additions(kube: client.ApiClient, namespace: str) -> Iterator[list
 
 
 def _release_objects(cluster: LocalCluster, namespace: str) -> list[str]:
-    kinds = "deploy,rs,pods,svc,cm,secret,sa,pvc,netpol,pdb,role,rolebinding,ingress,job"
+    kinds = "deploy,rs,pods,svc,cm,secret,sa,pvc,netpol,pdb,role,rolebinding,ingress,job,cronjob"
     result = kubectl(cluster, "-n", namespace, "get", kinds, "-l", INSTANCE, "-o", "name")
     assert result.returncode == 0, result.stderr
     return sorted(result.stdout.split())
