@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -125,10 +126,30 @@ def frozen_path(settings: Settings, output: OutputFile) -> Path:
     return outputs_dir(settings, output.request) / output.frozen_name
 
 
-def _freeze(settings: Settings, source: Path, target: Path) -> tuple[int, str]:
-    """Copy without following a link (O_NOFOLLOW), hashing on the way; the copy is 0400."""
+def open_no_links(root: Path, relative: str) -> int:
+    """A read-only descriptor of `root/relative`, opened component by component relative to
+    the previous folder with O_NOFOLLOW: a folder or file swapped for a link between the check
+    and the copy (the workspace writes export/) makes the open fail instead of leaving root."""
+    parts = Path(relative).parts
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise Invalid(f"{relative!r} is not a regular file.")
+    return file_fd
+
+
+def _freeze(root: Path, relative: str, target: Path) -> tuple[int, str]:
+    """Copy `root/relative` without following any link, hashing on the way; the copy is 0400."""
     digest, size = hashlib.sha256(), 0
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_no_links(root, relative)
     with os.fdopen(fd, "rb") as reader, open(target, "wb") as writer:
         while chunk := reader.read(airlock.CHUNK):
             digest.update(chunk)
@@ -303,11 +324,11 @@ def submit_request(
     folder.mkdir(mode=0o700, parents=True)
     total = 0
     for number, output in enumerate(request.files, start=1):
-        source_path = resolve_export_file(settings, request.project, output.path)
+        resolve_export_file(settings, request.project, output.path)
         output.frozen_name = f"{number:04d}{Path(output.path).suffix.lower()[:10]}"
         try:
             output.size_bytes, output.sha256 = _freeze(
-                settings, source_path, folder / output.frozen_name
+                export_dir(settings, request.project), output.path, folder / output.frozen_name
             )
         except OSError as exc:
             raise Invalid(f"{output.path!r} cannot be read: {exc.strerror}") from exc

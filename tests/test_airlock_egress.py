@@ -474,3 +474,16 @@ def test_egress_every_state_action_role(db_session, settings, w, state, action):
                     _take(db_session, settings, people[who], request, action)
             attempt.rollback()
         db_session.expire_all()
+
+
+def test_egress_folder_swapped_for_a_link_during_freeze_is_refused(settings, w, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "t.csv").write_bytes(TABLE)
+    (w["export"] / "sub").symlink_to(outside)  # as if swapped in after the path check
+    with pytest.raises(OSError, match="Too many levels of symbolic links|Not a directory"):
+        airlock_egress.open_no_links(w["export"], "sub/t.csv")
+    (w["export"] / "real").mkdir()
+    (w["export"] / "real" / "t.csv").write_bytes(TABLE)
+    fd = airlock_egress.open_no_links(w["export"], "real/t.csv")
+    os.close(fd)
