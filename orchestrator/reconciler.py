@@ -775,6 +775,12 @@ def reconcile_all(
             ids = due_project_ids(begin_read(session))
     else:
         ids = list(project_ids)
+    # Projects at once share the API server's cores with the objects of one project at once: a
+    # burst is applied project by project in parallel, one lone project object by object.
+    at_once = max(1, min(settings.reconcile_concurrency, len(ids)))
+    per_project = max(1, settings.reconcile_apply_parallelism // at_once)
+    if per_project != settings.reconcile_apply_parallelism:
+        settings = settings.model_copy(update={"reconcile_apply_parallelism": per_project})
     phases: dict[str, WorkspacePhase] = {}
     errors: dict[str, str] = {}
     results: dict[str, ReconcileResult] = {}
