@@ -15,11 +15,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
+STACK = ("pandas", "statsmodels", "scikit-learn", "pyreadstat", "matplotlib", "acro", "jupyterlab")
 FORBIDDEN_TOOLS = (
     "sudo",
-    "su",
     "gcc",
     "cc",
     "c++",
@@ -53,13 +54,10 @@ def require(condition: object, detail: object) -> None:
 
 def check_stack() -> None:
     import acro
-    import matplotlib
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
     import pyreadstat
-    import sklearn
-    import statsmodels
     import statsmodels.formula.api as smf
     from sklearn.linear_model import LogisticRegression
 
@@ -92,28 +90,18 @@ def check_stack() -> None:
     require(record.status != "pass", record.status)
     require(table.loc["islands"].isna().all(), table)
     print(f"workspace: ACRO crosstab {record.status}: the cell of 1 is suppressed")
-    print(
-        "workspace: python",
-        sys.version.split()[0],
-        "pandas",
-        pd.__version__,
-        "statsmodels",
-        statsmodels.__version__,
-        "scikit-learn",
-        sklearn.__version__,
-        "pyreadstat",
-        pyreadstat.__version__,
-        "matplotlib",
-        matplotlib.__version__,
-        "acro",
-        acro.__version__,
-    )
+    versions = {name: version(name) for name in STACK}
+    print("workspace: python", sys.version.split()[0], versions)
 
 
 def check_lockdown() -> None:
     require(os.getuid() == 1000 and os.getgid() == 100, (os.getuid(), os.getgid()))
     present = [tool for tool in FORBIDDEN_TOOLS if shutil.which(tool)]
     require(not present, f"in the image: {present}")
+    privileged = subprocess.run(
+        ["find", "/", "-xdev", "-type", "f", "-perm", "/6000"], capture_output=True, text=True
+    ).stdout.split()
+    require(not privileged, f"setuid/setgid files: {privileged}")
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tempfile.mkdtemp(), "six"],
         capture_output=True,
@@ -121,7 +109,7 @@ def check_lockdown() -> None:
         timeout=60,
     )
     require(pip.returncode != 0 and "Looking in indexes" not in pip.stdout, pip.stdout)
-    print("workspace: uid 1000, no sudo/compilers/network tools, pip has no index")
+    print("workspace: uid 1000, no setuid, sudo, compilers or network tools, pip has no index")
 
 
 def free_port() -> int:
