@@ -98,8 +98,13 @@ def configure(c: Any, env: Mapping[str, str]) -> None:
         spawner = c.KluisDevSpawner
         spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
         spawner.servers_root = env.get("KLUIS_HUB_DEV_SERVERS_ROOT", str(data_dir / "dev-servers"))
+        # No calls to the internet from a workspace: no news feed, no update check.
+        spawner.args = [
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         if os.geteuid() == 0:  # CI and containers run as root; development only
-            spawner.args = ["--allow-root"]
+            spawner.args = [*spawner.args, "--allow-root"]
     else:
         c.JupyterHub.spawner_class = KluisSpawner
         spawner = c.KluisSpawner

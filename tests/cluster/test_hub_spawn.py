@@ -142,6 +142,10 @@ def test_hub_launch_creates_one_pod_with_exactly_the_granted_mounts(stack: Stack
     MEASURED.setdefault("launch_to_running_s", []).append(time.monotonic() - issued)
 
     assert len(server_pods(stack, code)) == 1
+    kube: KubeClient = stack.kube  # type: ignore[attr-defined]
+    namespace = kube.get("Namespace", None, namespace_name(code))
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["namespace"] == namespace_name(code)
     assert meta["labels"][names.KIND_LABEL] == "server"
