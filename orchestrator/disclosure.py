@@ -12,7 +12,8 @@ What is checked, per kind:
   otherwise a frequency table: every count cell is checked (zero, below the minimum, not rounded);
 - model (text): "Df Residuals" / "residual degrees of freedom" below the minimum → fail; not found
   → review;
-- figure, text, spreadsheet tables: review (people look at them).
+- table (XLSX): every sheet with the same rules (cached values);
+- figure, text: review (people look at them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import magic
+import openpyxl
 import yaml
 
 from orchestrator.airlock_models import OutputKind, Verdict
@@ -154,6 +156,8 @@ def check_output(path: Path, name: str, kind: OutputKind, policy: Policy) -> Fil
         return _result(findings)
     if kind is OutputKind.TABLE and extension == ".csv":
         findings.extend(check_csv_table(path.read_bytes(), policy))
+    elif kind is OutputKind.TABLE and extension == ".xlsx":
+        findings.extend(check_xlsx_table(path, policy))
     elif kind is OutputKind.MODEL:
         findings.extend(check_model_text(path.read_text(errors="replace"), policy))
     else:
@@ -189,7 +193,32 @@ def check_csv_table(data: bytes, policy: Policy) -> list[dict[str, str]]:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(io.StringIO(text), dialect))
+    return check_table_rows(list(csv.reader(io.StringIO(text), dialect)), policy)
+
+
+def check_xlsx_table(path: Path, policy: Policy) -> list[dict[str, str]]:
+    """Every sheet of a workbook as a table (cached cell values; formulas are not evaluated)."""
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # a workbook openpyxl cannot read is for people to look at
+        return [_finding("table", Verdict.REVIEW, f"workbook not readable: {type(exc).__name__}")]
+    findings: list[dict[str, str]] = []
+    try:
+        for sheet in workbook.worksheets[:20]:
+            rows = [
+                ["" if cell is None else str(cell) for cell in row]
+                for row in sheet.iter_rows(values_only=True, max_row=policy.max_table_rows + 2)
+            ]
+            for finding in check_table_rows(rows, policy):
+                finding["detail"] = f"sheet {sheet.title[:40]}: {finding['detail']}"
+                findings.append(finding)
+    finally:
+        workbook.close()
+    return findings
+
+
+def check_table_rows(rows: list[list[str]], policy: Policy) -> list[dict[str, str]]:
+    """The table rules on rows of cells, the first row being the header."""
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
         return [_finding("table", Verdict.REVIEW, "no header and data rows found")]

@@ -107,3 +107,25 @@ def test_disclosure_policy_file_is_versioned_and_strict(tmp_path: Path):
     path.write_text("version: x\nmin_cel_count: 15\n")
     with pytest.raises(Invalid):
         load_policy(path)
+
+
+def _workbook(path: Path, rows: list[list[object]]) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Counts"
+    for row in rows:
+        sheet.append(row)
+    book.save(path)
+    return path
+
+
+def test_disclosure_xlsx_table_checked_cell_by_cell(tmp_path: Path):
+    safe = _workbook(tmp_path / "safe.xlsx", [["region", "count"], ["North", 120], ["South", 85]])
+    check = check_output(safe, "safe.xlsx", OutputKind.TABLE, P)
+    assert check.verdict is Verdict.PASS, check.findings
+    risky = _workbook(tmp_path / "risky.xlsx", [["region", "count"], ["North", 3]])
+    check = check_output(risky, "risky.xlsx", OutputKind.TABLE, P)
+    assert check.verdict is Verdict.FAIL
+    assert any("sheet Counts" in f["detail"] for f in check.findings)
