@@ -25,17 +25,22 @@ def _settings(ctx: typer.Context) -> Settings:
 
 @airlock_app.command()
 def sweep(ctx: typer.Context) -> None:
-    """Delete the bytes of blocked and rejected uploads past retention, and leftovers of
-    interrupted uploads; audited. Safe to run at any time (e.g. daily)."""
+    """Delete the bytes of blocked and rejected uploads past retention, leftovers of
+    interrupted uploads, and the frozen files of output requests that ended without release;
+    audited. Safe to run at any time (e.g. daily)."""
     settings = _settings(ctx)
     engine = make_engine(settings)
     try:
         with session_scope(make_sessionmaker(engine)) as session:
             session.info["settings"] = settings
             report = airlock.sweep(session, settings, utcnow())
+            outputs = airlock_egress.sweep_outputs(session, settings, utcnow())
     finally:
         engine.dispose()
-    typer.echo(f"purged {report.purged} uploads, removed {report.orphans} leftover files")
+    typer.echo(
+        f"purged {report.purged} uploads, removed {report.orphans} leftover files, "
+        f"deleted the frozen files of {outputs} ended output requests"
+    )
 
 
 @airlock_app.command()

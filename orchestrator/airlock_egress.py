@@ -20,7 +20,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -740,4 +739,33 @@ def verify_manifest(settings: Settings, document: Mapping[str, Any]) -> bool:
 
 
 def remove_request_files(settings: Settings, request: OutputRequest) -> None:
-    shutil.rmtree(outputs_dir(settings, request), ignore_errors=True)
+    airlock.remove_tree(outputs_dir(settings, request))
+
+
+ENDED_STATES = frozenset({S.RETURNED, S.REJECTED, S.WITHDRAWN})
+
+
+def sweep_outputs(session: Session, settings: Settings, now: datetime) -> int:
+    """Delete the frozen copies of requests that ended without release (returned, rejected,
+    withdrawn) once the retention period has passed; rows, hashes and findings stay. Audited."""
+    cutoff = now - timedelta(days=settings.airlock_retention_days)
+    ended = session.scalars(
+        select(OutputRequest).where(
+            OutputRequest.state.in_(list(ENDED_STATES)), OutputRequest.state_changed_at <= cutoff
+        )
+    ).all()
+    removed = 0
+    for request in ended:
+        folder = outputs_dir(settings, request)
+        if not folder.exists():
+            continue
+        remove_request_files(settings, request)
+        audit.record(
+            session,
+            "airlock_output_files_purged",
+            object_type="output_request",
+            object_id=request.id,
+            details={"project": request.project.code, "state": request.state.value},
+        )
+        removed += 1
+    return removed

@@ -487,3 +487,20 @@ def test_egress_folder_swapped_for_a_link_during_freeze_is_refused(settings, w, 
     (w["export"] / "real" / "t.csv").write_bytes(TABLE)
     fd = airlock_egress.open_no_links(w["export"], "real/t.csv")
     os.close(fd)
+
+
+def test_egress_sweep_deletes_frozen_files_of_ended_requests_after_retention(
+    db_session, settings, w
+):
+    rejected = submitted(db_session, settings, w)
+    airlock_egress.review_request(
+        db_session, w["checkers"][0], rejected, ReviewDecision.REJECT, "No", {}, None, NOW
+    )
+    live = submitted(db_session, settings, w)
+    folder = airlock_egress.outputs_dir(settings, rejected)
+    assert airlock_egress.sweep_outputs(db_session, settings, NOW + timedelta(days=1)) == 0
+    assert folder.exists()
+    assert airlock_egress.sweep_outputs(db_session, settings, NOW + timedelta(days=31)) == 1
+    assert not folder.exists()
+    assert airlock_egress.outputs_dir(settings, live).exists()
+    assert rejected.files[0].sha256  # the record stays
