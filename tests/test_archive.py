@@ -234,3 +234,14 @@ def test_certificate_digest_is_canonical() -> None:
 
     assert one == other
     assert one != archive.certificate_digest({"a": [2, 1], "b": 1})
+
+
+def test_archive_root_defaults_under_the_data_dir_and_is_configurable(tmp_path: Path) -> None:
+    from orchestrator.config import Settings
+
+    default = Settings(data_dir=tmp_path)
+    chosen = Settings(data_dir=tmp_path, archive_root=Path("relative/archive"))
+
+    assert default.effective_archive_root == tmp_path / "archive"
+    assert chosen.effective_archive_root.is_absolute()  # resolved at start-up
+    assert chosen.effective_archive_root.name == "archive"
