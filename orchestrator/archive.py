@@ -112,8 +112,13 @@ class _HashingReader:
 
 def _entries(source: Path) -> Iterator[Path]:
     """Every path under `source`, parents before children, in a stable (sorted) order; symbolic
-    links are listed, never followed."""
-    for directory, subdirs, files in os.walk(source, followlinks=False):
+    links are listed, never followed. A folder that cannot be listed raises (`os.walk` would
+    skip it silently, and the archive would verify without its files)."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for directory, subdirs, files in os.walk(source, onerror=fail, followlinks=False):
         subdirs.sort()
         base = Path(directory)
         for name in sorted([*subdirs, *files]):
@@ -302,7 +307,7 @@ def remove_project_data(
             removed.append({"path": str(path), "kind": kind, "bytes": size})
     source = project_folder(storage_root, project_code)
     if source.is_dir():
-        size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+        size = sum(path.lstat().st_size for path in _entries(source) if path.is_file())
         _remove_tree(source)
         removed.append({"path": str(source), "kind": "project folder", "bytes": size})
     if removed:

@@ -245,3 +245,18 @@ def test_archive_root_defaults_under_the_data_dir_and_is_configurable(tmp_path: 
     assert default.effective_archive_root == tmp_path / "archive"
     assert chosen.effective_archive_root.is_absolute()  # resolved at start-up
     assert chosen.effective_archive_root.name == "archive"
+
+
+def test_a_fifo_in_the_folder_is_refused_and_the_folder_kept(roots: tuple[Path, Path]) -> None:
+    storage, area = roots
+    make_folder(storage)
+    os.mkfifo(storage / CODE / "workspace" / "pipe")
+
+    with pytest.raises(Invalid) as err:
+        archive.settle_archived(storage, area, CODE, NOW)
+
+    assert "pipe" in err.value.message
+    assert (storage / CODE / "workspace" / "analysis.py").exists()
+    tar_path, manifest_path = archive.archive_paths(area, CODE)
+    assert not tar_path.exists()
+    assert not manifest_path.exists()
