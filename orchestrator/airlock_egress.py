@@ -1,6 +1,7 @@
 """The airlock's egress: output requests from a project's `export/` folder, frozen at submission,
 checked against the disclosure policy, reviewed four-eyes, released with a signed manifest, and
-downloaded (checksum verified, audited) by the person who asked.
+downloaded (checksum verified, audited) by the project's current members, from the portal only,
+after a fresh code from their token (step-up).
 
 States and who moves them (`OUTPUT_TRANSITIONS`):
     draft ─submit (submitter)─> checked   (files frozen and hashed, checks run: "submitted" and
@@ -542,14 +543,25 @@ def release_request(
         source=source,
         details={"project": request.project.code, "signature": request.manifest["signature"][:16]},
     )
-    airlock._tell(
-        session,
-        request.submitted_by,
-        request.project,
-        f"output request {request.id} released",
-        "Download the files from the portal (a fresh code from your token is asked).",
-    )
+    for member in current_members(request.project):
+        airlock._tell(
+            session,
+            member,
+            request.project,
+            f"output request {request.id} released",
+            "Members of the project download the files from the portal (a fresh code from "
+            "your token is asked).",
+        )
     return request
+
+
+def current_members(project: Project) -> list[User]:
+    return [m.user for m in project.members if m.removed_at is None]
+
+
+def may_download(user: User, request: OutputRequest) -> bool:
+    """Released files go to the project's current members (not former members, not staff)."""
+    return request.state is S.RELEASED and airlock.is_current_member(user, request.project)
 
 
 def open_download(
@@ -560,11 +572,12 @@ def open_download(
     now: datetime,
     source: str = "",
 ) -> Path:
-    """The frozen file for the requester of a released request, checksum verified; audited."""
+    """The frozen file of a released request for a current member of its project, checksum
+    verified; audited. Only the portal calls this, after the step-up (`sessions`)."""
     request = output.request
     airlock.ensure_visible(actor, request.project)
-    if actor.id != request.submitted_by_id:
-        raise Forbidden("Released outputs are downloaded only by the person who asked for them.")
+    if not airlock.is_current_member(actor, request.project):
+        raise Forbidden("Released outputs are downloaded only by the project's current members.")
     if request.state is not S.RELEASED:
         raise Conflict(f"Output request {request.id} is {request.state.value}, not released.")
     path = frozen_path(settings, output)

@@ -1,7 +1,7 @@
 """Airlock egress on SQLite and PostgreSQL: frozen copies are what is checked, reviewed and
 released (workspace edits afterwards change nothing); every (state, action) outside the table is a
 409; four-eyes and self-review rules; release manifests verify and break when edited; downloads
-only by the requester, checksum verified, audited."""
+only by the project's current members, checksum verified, audited."""
 
 from __future__ import annotations
 
@@ -131,21 +131,36 @@ def test_egress_manifest_edit_breaks_verification(db_session, settings, w):
     assert not airlock_egress.verify_manifest(other, request.manifest)
 
 
-def test_egress_download_only_by_requester_and_only_released(db_session, settings, w):
+def test_egress_download_by_current_members_only_and_only_released(db_session, settings, w):
     request = submitted(db_session, settings, w)
     with pytest.raises(Conflict):
         airlock_egress.open_download(db_session, settings, w["member"], request.files[0], NOW)
     approve(db_session, w, request, 0)
     approve(db_session, w, request, 1)
     airlock_egress.release_request(db_session, settings, w["checkers"][2], request, None, NOW)
-    with pytest.raises(Forbidden):  # the lead of the same project
-        airlock_egress.open_download(db_session, settings, w["lead"], request.files[0], NOW)
+    # the lead (a member who did not ask) downloads too
+    path = airlock_egress.open_download(db_session, settings, w["lead"], request.files[0], NOW)
+    assert path.read_bytes() == TABLE
+    assert airlock_egress.may_download(w["lead"], request)
     with pytest.raises(NotFound):  # a researcher of another project
         airlock_egress.open_download(
             db_session, settings, make_researcher(db_session), request.files[0], NOW
         )
-    with pytest.raises(Forbidden):
-        airlock_egress.open_download(db_session, settings, w["checkers"][0], request.files[0], NOW)
+    for staff in (w["checkers"][0], w["steward"]):  # staff see the request, never the bytes
+        with pytest.raises(Forbidden):
+            airlock_egress.open_download(db_session, settings, staff, request.files[0], NOW)
+        assert not airlock_egress.may_download(staff, request)
+    former = make_researcher(db_session)
+    w["project"].members.append(
+        ProjectMember(user_id=former.id, role=MemberRole.RESEARCHER, added_at=NOW, removed_at=NOW)
+    )
+    db_session.flush()
+    with pytest.raises(Forbidden):  # a former member
+        airlock_egress.open_download(db_session, settings, former, request.files[0], NOW)
+    downloads = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "airlock_output_downloaded")
+    ).all()
+    assert [(d.actor_id, d.details["path"]) for d in downloads] == [(w["lead"].id, "table.csv")]
 
 
 def test_egress_tampered_frozen_copy_is_not_released_or_downloaded(db_session, settings, w):

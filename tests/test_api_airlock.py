@@ -1,7 +1,7 @@
 """Airlock API: every route x caller (member, lead, outsider, output checker, data steward, ops,
 anonymous) with the expected status; uploads streamed as the raw body through the real app into a
-real clamd; API-token scopes; the download needs a stepped-up browser session and is the
-requester's only; hostile input is a 4xx in the error shape."""
+real clamd; API-token scopes; no API route downloads a released file (the portal only); hostile
+input is a 4xx in the error shape."""
 
 from __future__ import annotations
 
@@ -247,10 +247,6 @@ ROUTES: dict[str, tuple[Callable[[World], tuple[str, str, dict[str, Any]]], dict
         _get(lambda w: f"/api/airlock/outputs/{w.released().id}/manifest"),
         ALL_READ,
     ),
-    "output_download": (
-        _get(lambda w: f"/api/airlock/files/{w.released().files[0].id}/download"),
-        {MEMBER: 200, LEAD: 403, OUTSIDER: 404, CHECKER: 403, STEWARD: 403, OPS: 403, ANON: 401},
-    ),
 }
 
 
@@ -273,7 +269,7 @@ def test_api_airlock_every_route_is_in_the_matrix(world: World):
         if "airlock" in path
         for method in item
     }
-    assert len(operations) == len(ROUTES) == 17
+    assert len(operations) == len(ROUTES) == 16
 
 
 def test_api_airlock_upload_streams_and_hashes(world: World):
@@ -363,22 +359,25 @@ def test_api_airlock_token_scopes(world: World):
     )
 
 
-def test_api_airlock_download_needs_step_up_and_session(world: World):
+@pytest.mark.parametrize("caller", CALLERS)
+def test_api_airlock_has_no_download_route(world: World, caller: str):
+    """Released files leave through the portal only: no API route serves them, not even to a
+    member with a stepped-up session, nor with an API token."""
     request = world.released()
-    url = f"/api/airlock/files/{request.files[0].id}/download"
-    world.act(MEMBER, stepped_up=False)
-    answer = world.client.get(url)
-    assert (answer.status_code, answer.json()["error"]["code"]) == (403, "step_up_required")
-    world.act(MEMBER, token_scopes={"read", "projects:write"})
-    assert world.client.get(url).status_code == 403
-    world.act(MEMBER)
-    answer = world.client.get(url)
-    assert answer.content == CSV
-    assert answer.headers["x-content-sha256"] == hashlib.sha256(CSV).hexdigest()
+    world.act(caller)
+    for url in (
+        f"/api/airlock/files/{request.files[0].id}/download",
+        f"/api/airlock/files/{request.files[0].id}",
+        f"/api/airlock/outputs/{request.id}/files/{request.files[0].id}",
+    ):
+        answer = world.client.get(url)
+        assert answer.status_code in (401, 404, 405), (url, answer.status_code)
+        assert answer.content != CSV
+    assert not [p for p in world.app.openapi()["paths"] if "download" in p]
     audited = world.session.scalars(
         select(AuditEvent).where(AuditEvent.action == "airlock_output_downloaded")
     ).all()
-    assert len(audited) == 1
+    assert audited == []
 
 
 def test_api_airlock_cross_project_objects_are_404(world: World):

@@ -1,10 +1,12 @@
 """The airlock in the portal (no JavaScript): upload → review → import/, output request → preflight
-→ submit → two reviews → release → step-up download; role checks on every page and form; Dutch."""
+→ submit → two reviews → release → step-up download by any current member; role checks on every
+page and form; Dutch."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from airlock_helpers import airlock_settings, clamd_socket  # noqa: F401
@@ -15,15 +17,31 @@ from project_factories import make_project
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator import airlock
-from orchestrator.airlock_models import OutputRequest, OutputState, Upload, UploadState
+from orchestrator import airlock, airlock_egress
+from orchestrator.airlock_egress import FileSpec
+from orchestrator.airlock_models import (
+    OutputKind,
+    OutputRequest,
+    OutputState,
+    ReviewDecision,
+    Upload,
+    UploadState,
+)
 from orchestrator.api.deps import session_cookie_name
 from orchestrator.config import Settings
-from orchestrator.models import ProjectState, Role
+from orchestrator.models import (
+    AuditEvent,
+    MemberRole,
+    OutboxMessage,
+    ProjectMember,
+    ProjectState,
+    Role,
+)
 from orchestrator.sessions import open_session
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSV = b"region,count\nNorth,120\nSouth,85\n"
+NOW = datetime.now(UTC)
 
 
 class Portal:
@@ -222,3 +240,88 @@ def test_portal_airlock_speaks_dutch(portal, people):
     )
     assert "Sluis van project" in page.text
     assert "Een bestand binnenbrengen" in page.text
+
+
+def _released(portal: Portal, people: dict) -> OutputRequest:
+    s, st = portal.session, portal.settings
+    spec = FileSpec("table.csv", OutputKind.TABLE, "Counts by region")
+    member, project = people["member"].user, people["project"]
+    request = airlock_egress.create_request(s, st, member, project, "Counts", [spec], NOW)
+    airlock_egress.submit_request(s, st, member, request, None, NOW)
+    for checker in people["checkers"]:
+        airlock_egress.review_request(
+            s, checker.user, request, ReviewDecision.APPROVE, "", {}, None, NOW
+        )
+    airlock_egress.release_request(
+        s, st, make_user(s, st, role=Role.OUTPUT_CHECKER).user, request, None, NOW
+    )
+    return request
+
+
+@pytest.mark.parametrize(
+    ("caller", "status"),
+    [
+        ("member", 200),
+        ("lead", 200),
+        ("outsider", 404),
+        ("checker", 403),
+        ("steward", 403),
+        ("ops", 403),
+        ("former", 403),
+        ("anonymous", 303),  # no session: to the login page
+    ],
+)
+def test_portal_airlock_download_authorisation(portal, people, caller: str, status: int):
+    """Released files go to the project's current members only, each download audited."""
+    request = _released(portal, people)
+    s, st = portal.session, portal.settings
+    project = people["project"]
+    former = make_user(s, st)
+    project.members.append(
+        ProjectMember(user_id=former.user.id, role=MemberRole.RESEARCHER, added_at=NOW)
+    )
+    s.flush()
+    page_url = f"/projects/{project.code}/airlock/outputs/{request.id}"
+    project.members[-1].removed_at = NOW
+    s.flush()
+    token = ""
+    who = {
+        "member": people["member"],
+        "lead": MadeUser(project.lead, "", None),
+        "outsider": people["outsider"],
+        "checker": people["checkers"][0],
+        "steward": people["steward"],
+        "ops": make_user(s, st, role=Role.OPS),
+        "former": former,
+    }
+    if caller in who:
+        portal.sign_in(who[caller])
+        if caller == "outsider":  # cannot see the project: a token from their account page
+            token = portal.token("/account")
+        else:
+            token = portal.token(page_url)
+            page = portal.client.get(page_url)
+            assert ('id="download-' in page.text) is (status == 200)
+    else:
+        portal.client.cookies.clear()
+    answer = portal.client.post(
+        f"/projects/{project.code}/airlock/files/{request.files[0].id}/download",
+        data={"csrf_token": token},
+    )
+    assert answer.status_code == status, answer.text
+    downloads = s.scalars(
+        select(AuditEvent).where(AuditEvent.action == "airlock_output_downloaded")
+    ).all()
+    if status == 200:
+        assert answer.content == CSV
+        assert [d.actor_id for d in downloads] == [who[caller].user.id]
+    else:
+        assert answer.content != CSV
+        assert downloads == []
+
+
+def test_portal_airlock_release_tells_every_current_member(portal, people):
+    request = _released(portal, people)
+    subjects = portal.session.scalars(select(OutboxMessage)).all()
+    released = {m.to_address for m in subjects if f"request {request.id} released" in m.subject}
+    assert released == {people["member"].user.email, people["project"].lead.email}

@@ -1,6 +1,7 @@
 """Airlock routes: uploads into a project (raw body streamed into quarantine), their review; output
-requests from `export/`, their review, release, manifest and download. Rules live in `airlock`
-and `airlock_egress`; these routes check API-token scopes and step-up and shape the answers.
+requests from `export/`, their review, release and manifest. Rules live in `airlock` and
+`airlock_egress`; these routes check API-token scopes and shape the answers. Released files are
+downloaded from the portal only (members, after a step-up): the API has no download route.
 
 An upload is `POST /api/projects/{code}/airlock/uploads?filename=…&legal_basis=…&lawful=true`
 with the file as the request body (any content type but a form): the body is streamed to disk,
@@ -13,7 +14,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -28,7 +28,6 @@ from orchestrator.airlock_models import (
     Upload,
     UploadState,
 )
-from orchestrator.api.access import require_step_up
 from orchestrator.api.deps import (
     CurrentPrincipal,
     NowDep,
@@ -599,30 +598,3 @@ def get_release_manifest(
     if output.state is not OutputState.RELEASED:
         raise NotFound("This request has not been released.")
     return dict(output.manifest)
-
-
-@router.get("/api/airlock/files/{file_id}/download", response_class=FileResponse)
-def download_output_file(
-    file_id: Id,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    principal: CurrentPrincipal,
-    now: NowDep,
-) -> FileResponse:
-    """A released file, for the person who asked for it, after a fresh step-up (browser session
-    only: API tokens never download outputs). Checksum verified and audited."""
-    if principal.session is None:
-        raise Forbidden("Outputs are downloaded from a browser session with a recent step-up.")
-    output = airlock_egress.find_visible_file(session, principal.user, file_id)
-    require_step_up(principal, settings, now)
-    path = airlock_egress.open_download(
-        session, settings, principal.user, output, now, request_source(request, settings)
-    )
-    name = output.path.rsplit("/", 1)[-1]
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=name,
-        headers={"X-Content-SHA256": output.sha256},
-    )

@@ -403,7 +403,7 @@ def output_page(
         own=own,
         may_review=may_review,
         may_release=may_release,
-        may_download=own and output.state is OutputState.RELEASED,
+        may_download=airlock_egress.may_download(user, output),
         preflight=preflight,
         decisions=[d.value for d in ReviewDecision],
         waited=waited,
@@ -511,14 +511,15 @@ def download(
     now: NowDep,
     stepup: StepUpCode,
 ) -> Response:
-    """A released file for the requester, after a fresh code (the step-up prompt asks for it)."""
+    """A released file for a current member of the project, after a fresh code (the step-up
+    prompt asks for it). The portal is the only way out: the API has no download route."""
     output = airlock_egress.find_visible_file(session, principal.user, file_id)
     if output.request.project.code != code:
         raise NotFound("File not found.")
+    if not airlock.is_current_member(principal.user, output.request.project):
+        raise Forbidden("Released outputs are downloaded only by the project's current members.")
     if stepup and principal.session is not None:
         sessions.step_up(session, principal.session, principal.user, stepup, settings, now)
-    if principal.user.id != output.request.submitted_by_id:
-        raise Forbidden("Released outputs are downloaded only by the person who asked for them.")
     sessions.require_recent_step_up(principal.session, settings, now)
     path = airlock_egress.open_download(
         session, settings, principal.user, output, now, request_source(request, settings)

@@ -1,7 +1,9 @@
 """The airlock in real Chromium against a live server with a real clamd: a researcher uploads a
 file with the lawful-obtainment statement, an output checker approves it and it lands read-only
 in import/; the researcher asks for an output from export/, submits it, two output checkers
-approve it, one releases it, and the researcher downloads it (checksum as frozen)."""
+approve it, one releases it, and the researcher downloads it (checksum as frozen); a colleague in
+the project, not yet stepped up, is asked for a fresh code from their token and then downloads it
+too."""
 
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ def _run(settings: Settings, sock: socket.socket, clamd: Path) -> Iterator[Porta
             engine.dispose()
 
 
-def as_user(browser: Browser, portal: Portal, made: MadeUser) -> Page:
+def as_user(browser: Browser, portal: Portal, made: MadeUser, stepped_up: bool = True) -> Page:
     context = browser.new_context(base_url=portal.url, locale="en-GB", accept_downloads=True)
     context.set_default_timeout(15_000)
-    sign_in(context, portal, made, stepped_up=True)
+    sign_in(context, portal, made, stepped_up=stepped_up)
     return context.new_page()
 
 
@@ -69,8 +71,11 @@ def test_browser_airlock_upload_approval_and_output_release(
     portal = airlock_portal
     with portal.session() as session:
         member = make_user(session, portal.settings)
+        colleague = make_user(session, portal.settings)
         checkers = [make_user(session, portal.settings, role=Role.OUTPUT_CHECKER) for _ in "ab"]
-        project = make_project(session, state=ProjectState.ACTIVE, members=[member.user])
+        project = make_project(
+            session, state=ProjectState.ACTIVE, members=[member.user, colleague.user]
+        )
         session.commit()
         code = project.code
     export = portal.settings.effective_project_storage_root / code / "export"
@@ -128,6 +133,16 @@ def test_browser_airlock_upload_approval_and_output_release(
         researcher.locator("button[id^=download-]").first.click()
     downloaded = Path(info.value.path()).read_bytes()
     assert hashlib.sha256(downloaded).hexdigest() == hashlib.sha256(CSV).hexdigest()
-    for context in {researcher.context, checker.context, page.context}:
+
+    other = as_user(browser, portal, colleague, stepped_up=False)
+    other.goto(output_url)
+    other.locator("button[id^=download-]").first.click()
+    expect(other.locator("h1")).to_contain_text("Confirm with your token")
+    assert colleague.token is not None
+    other.fill("#stepup_code", colleague.token.code())
+    with other.expect_download() as info:
+        other.click("form button[type=submit] >> text=Confirm")
+    assert Path(info.value.path()).read_bytes() == CSV
+    for context in {researcher.context, checker.context, page.context, other.context}:
         context.close()
     airlock.remove_tree(portal.settings.effective_project_storage_root / code / "import")
