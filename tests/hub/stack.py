@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,9 +177,32 @@ def running_stack(
     extra_env: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Iterator[Stack]:
-    """Migrate, serve the API, start the hub; everything stops at the end of the block."""
+    """Migrate, serve the API, start the hub; everything stops at the end of the block. On
+    PostgreSQL the hub keeps its own database there too (a schema of its own)."""
     from browser.live import bind_loopback, serve  # uvicorn on a bound socket
+    from conftest import postgres_schema, postgres_url
 
+    with ExitStack() as resources:
+        extra_env = dict(extra_env or {})
+        if (backend_settings.database_url or "").startswith("postgres"):
+            extra_env["KLUIS_HUB_DB_URL"] = resources.enter_context(postgres_schema(postgres_url()))
+        yield resources.enter_context(
+            _running(
+                backend_settings, data_dir, spawner, extra_env, overrides, bind_loopback, serve
+            )
+        )
+
+
+@contextmanager
+def _running(
+    backend_settings: Settings,
+    data_dir: Path,
+    spawner: str,
+    extra_env: dict[str, str],
+    overrides: dict[str, Any] | None,
+    bind_loopback: Any,
+    serve: Any,
+) -> Iterator[Stack]:
     sock = bind_loopback()
     api_port = sock.getsockname()[1]
     hub_port = free_port()
