@@ -169,3 +169,24 @@ def test_workspace_page_after_a_stop_says_so(
 
     assert page.status_code == 200
     assert "The workspace is stopping." in page.text
+
+
+@pytest.mark.parametrize("action", ["open", "stop"])
+def test_workspace_forms_hidden_from_an_outsider(
+    browser: TestClient, db_session: Session, db_settings: Settings, action: str
+) -> None:
+    project = active_project(db_session)
+    outsider = make_researcher(db_session)
+    own = active_project(db_session)
+    sign_in(browser, db_session, db_settings, outsider)
+    own.members[0].user_id = outsider.id  # a page of their own, for a valid CSRF token
+    db_session.flush()
+    token = CSRF_FIELD.search(browser.get(f"/projects/{own.code}/workspace").text)
+    assert token is not None
+
+    response = browser.post(
+        f"/projects/{project.code}/workspace/{action}", data={"csrf_token": token.group(1)}
+    )
+
+    assert response.status_code == 404
+    assert db_session.scalars(select(LaunchTicket)).first() is None
