@@ -298,8 +298,48 @@ def _merge_acro(
         output.verdict = disclosure.worst(verdicts).value
 
 
-def required_approvals(settings: Settings, project: Project) -> int:
-    return settings.airlock_project_approvals.get(project.code, settings.airlock_required_approvals)
+MAX_APPROVALS = 5
+
+
+def required_approvals(project: Project) -> int:
+    """The project's number of independent approvals; a request keeps the number it was
+    submitted with."""
+    return project.airlock_approvals
+
+
+def set_required_approvals(
+    session: Session,
+    actor: User,
+    project: Project,
+    approvals: int,
+    version: int | None,
+    now: datetime,
+    source: str = "",
+) -> Project:
+    """A data steward sets how many independent output checkers approve the project's output
+    requests (1 to 5; default 2). Applies to requests submitted from now on. Audited."""
+    airlock.ensure_visible(actor, project)
+    if actor.role is not Role.DATA_STEWARD:
+        raise Forbidden("Only data stewards set the number of approvals.")
+    if not 1 <= approvals <= MAX_APPROVALS:
+        raise Invalid(f"The number of approvals is 1 to {MAX_APPROVALS}.")
+    check_version(f"Project {project.code}", version, project.version)
+    before = project.airlock_approvals
+    if before == approvals:
+        return project
+    with conflict_if_stale(f"Project {project.code}", version):
+        project.airlock_approvals = approvals
+        session.flush()
+    audit.record(
+        session,
+        "airlock_approvals_changed",
+        actor=actor,
+        object_type="project",
+        object_id=project.id,
+        source=source,
+        details={"project": project.code, "from": before, "to": approvals},
+    )
+    return project
 
 
 def submit_request(
@@ -349,7 +389,7 @@ def submit_request(
     with conflict_if_stale(f"Output request {request.id}", version):
         request.state = target
         request.policy_version = rules.version
-        request.required_approvals = required_approvals(settings, request.project)
+        request.required_approvals = required_approvals(request.project)
         request.submitted_at = now
         request.state_changed_at = now
         session.flush()
@@ -445,7 +485,7 @@ def review_request(
         },
     )
     if target in (S.APPROVED, S.RETURNED, S.REJECTED):
-        text = comment or "Two output checkers approved it; it will be released shortly."
+        text = comment or f"{approvals} output checker(s) approved it; it will be released shortly."
         airlock._tell(
             session,
             request.submitted_by,

@@ -244,11 +244,6 @@ class Settings(BaseSettings):
     airlock_max_expansion_ratio: Annotated[int, Field(ge=1, le=100000)] = 100
     airlock_max_archive_entries: Annotated[int, Field(ge=1, le=1000000)] = 10000
     airlock_retention_days: Annotated[int, Field(ge=0, le=3650)] = 30  # rejected/blocked bytes
-    airlock_required_approvals: Annotated[int, Field(ge=1, le=5)] = 2  # default per project
-    # Per project code: the number of independent approvals an output request needs.
-    airlock_project_approvals: dict[str, Annotated[int, Field(ge=1, le=5)]] = Field(
-        default_factory=dict
-    )
     airlock_policy_file: Path | None = None  # disclosure policy (YAML); default: built in
     airlock_max_output_files: Annotated[int, Field(ge=1, le=1000)] = 50
     airlock_max_output_bytes: Annotated[int, Field(ge=1)] = 512 * 1024**2  # per request

@@ -426,6 +426,8 @@ class Project(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Independent approvals an airlock output request needs (set by a data steward; issue 7).
+    airlock_approvals: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": version}

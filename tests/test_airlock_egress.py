@@ -199,11 +199,43 @@ def test_egress_same_checker_cannot_approve_twice(db_session, settings, w):
 
 
 def test_egress_required_approvals_per_project(db_session, settings, w):
-    one = settings.model_copy(update={"airlock_project_approvals": {w["project"].code: 1}})
-    request = new_request(db_session, one, w)
-    airlock_egress.submit_request(db_session, one, w["member"], request, None, NOW)
+    project = w["project"]
+    assert project.airlock_approvals == 2  # the default
+    for who in (w["member"], w["lead"], w["checkers"][0]):
+        with pytest.raises(Forbidden):
+            airlock_egress.set_required_approvals(db_session, who, project, 1, None, NOW)
+    for bad in (0, 6):
+        with pytest.raises(Invalid):
+            airlock_egress.set_required_approvals(db_session, w["steward"], project, bad, None, NOW)
+    with pytest.raises(Conflict):  # a stale version
+        airlock_egress.set_required_approvals(
+            db_session, w["steward"], project, 1, project.version + 1, NOW
+        )
+    airlock_egress.set_required_approvals(
+        db_session, w["steward"], project, 1, project.version, NOW
+    )
+    assert project.airlock_approvals == 1
+    event = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "airlock_approvals_changed")
+    ).one()
+    assert (event.actor_id, event.details["from"], event.details["to"]) == (
+        w["steward"].id,
+        2,
+        1,
+    )
+    request = submitted(db_session, settings, w)
+    assert request.required_approvals == 1
     approve(db_session, w, request, 0)
     assert request.state is S.APPROVED
+
+
+def test_egress_request_keeps_the_approvals_it_was_submitted_with(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    airlock_egress.set_required_approvals(db_session, w["steward"], w["project"], 3, None, NOW)
+    approve(db_session, w, request, 0)
+    approve(db_session, w, request, 1)
+    assert request.state is S.APPROVED
+    assert request.required_approvals == 2
 
 
 def test_egress_return_with_comments_and_resubmit_makes_new_version(db_session, settings, w):

@@ -214,6 +214,18 @@ ROUTES: dict[str, tuple[Callable[[World], tuple[str, str, dict[str, Any]]], dict
         _get(lambda w: f"/api/projects/{w.project.code}/airlock/outputs"),
         ALL_READ,
     ),
+    "approvals_get": (
+        _get(lambda w: f"/api/projects/{w.project.code}/airlock/approvals"),
+        ALL_READ,
+    ),
+    "approvals_set": (
+        lambda w: (
+            "PUT",
+            f"/api/projects/{w.project.code}/airlock/approvals",
+            {"json": {"approvals": 3, "version": w.project.version}},
+        ),
+        {MEMBER: 403, LEAD: 403, OUTSIDER: 404, CHECKER: 403, STEWARD: 200, OPS: 403, ANON: 401},
+    ),
     "output_queue": (
         _get(lambda w: "/api/airlock/outputs"),
         {MEMBER: 403, LEAD: 403, OUTSIDER: 403, CHECKER: 200, STEWARD: 403, OPS: 403, ANON: 401},
@@ -269,7 +281,7 @@ def test_api_airlock_every_route_is_in_the_matrix(world: World):
         if "airlock" in path
         for method in item
     }
-    assert len(operations) == len(ROUTES) == 16
+    assert len(operations) == len(ROUTES) == 18
 
 
 def test_api_airlock_upload_streams_and_hashes(world: World):
@@ -357,6 +369,28 @@ def test_api_airlock_token_scopes(world: World):
         world.client.post(f"/api/airlock/uploads/{upload.id}/decision", json=decision).status_code
         == 200
     )
+
+
+def test_api_airlock_steward_sets_approvals_audited_and_bad_values_refused(world: World):
+    url = f"/api/projects/{world.project.code}/airlock/approvals"
+    world.act(STEWARD)
+    version = world.client.get(url).json()["version"]
+    for body in ({"approvals": 0, "version": version}, {"approvals": 6, "version": version}, {}):
+        answer = world.client.put(url, json=body)
+        assert answer.status_code == 422
+        assert answer.json()["error"]["code"]
+    stale = world.client.put(url, json={"approvals": 1, "version": version + 7})
+    assert stale.status_code == 409
+    answer = world.client.put(url, json={"approvals": 1, "version": version})
+    assert answer.json()["approvals"] == 1
+    assert world.project.airlock_approvals == 1
+    events = world.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "airlock_approvals_changed")
+    ).all()
+    assert len(events) == 1
+    world.act(STEWARD, token_scopes={"read"})
+    refused = world.client.put(url, json={"approvals": 2, "version": answer.json()["version"]})
+    assert refused.status_code == 403
 
 
 @pytest.mark.parametrize("caller", CALLERS)

@@ -325,3 +325,42 @@ def test_portal_airlock_release_tells_every_current_member(portal, people):
     subjects = portal.session.scalars(select(OutboxMessage)).all()
     released = {m.to_address for m in subjects if f"request {request.id} released" in m.subject}
     assert released == {people["member"].user.email, people["project"].lead.email}
+
+
+def test_portal_airlock_steward_sets_approvals_shown_to_reviewers(portal, people):
+    project = people["project"]
+    url = f"/projects/{project.code}/airlock/approvals"
+    for who in (people["member"], people["checkers"][0]):  # not data stewards
+        portal.sign_in(who)
+        page = portal.client.get(f"/projects/{project.code}/airlock")
+        assert 'id="set-approvals"' not in page.text
+        token = CSRF.search(page.text).group(1)
+        answer = portal.client.post(
+            url, data={"csrf_token": token, "approvals": 1, "version": project.version}
+        )
+        assert answer.status_code == 403
+    portal.sign_in(people["outsider"])
+    answer = portal.client.post(
+        url, data={"csrf_token": portal.token("/account"), "approvals": 1, "version": 1}
+    )
+    assert answer.status_code == 404
+    portal.sign_in(people["steward"])
+    token = portal.token(f"/projects/{project.code}/airlock")
+    bad = portal.client.post(url, data={"csrf_token": token, "approvals": 9, "version": 1})
+    assert bad.status_code == 422
+    answer = portal.client.post(
+        url, data={"csrf_token": token, "approvals": 1, "version": project.version}
+    )
+    assert answer.status_code == 303, answer.text
+    assert project.airlock_approvals == 1
+    s, st, member = portal.session, portal.settings, people["member"].user
+    spec = FileSpec("table.csv", OutputKind.TABLE, "Counts by region")
+    request = airlock_egress.create_request(s, st, member, project, "Counts", [spec], NOW)
+    airlock_egress.submit_request(s, st, member, request, None, NOW)
+    portal.sign_in(people["checkers"][0])
+    page = portal.client.get(f"/projects/{project.code}/airlock/outputs/{request.id}")
+    assert 'id="approvals">0 / 1<' in page.text
+    airlock_egress.review_request(
+        s, people["checkers"][0].user, request, ReviewDecision.APPROVE, "", {}, None, NOW
+    )
+    assert request.state is OutputState.APPROVED  # one approval suffices now

@@ -145,6 +145,21 @@ class VersionCreate(BaseModel):
     version: int = Field(ge=1, le=2_147_483_647)
 
 
+class ApprovalsUpdate(BaseModel):
+    """How many independent output checkers approve the project's output requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approvals: int = Field(ge=1, le=airlock_egress.MAX_APPROVALS)
+    version: int = Field(ge=1, le=2_147_483_647)  # the project's
+
+
+class ApprovalsRead(BaseModel):
+    project: str
+    approvals: int
+    version: int
+
+
 class OutputReviewCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -434,6 +449,44 @@ def list_project_outputs(
     _scope(principal, *READ)
     project = _project(session, principal, code)
     return [output_read(r) for r in airlock_egress.list_requests(session, principal.user, project)]
+
+
+@router.get("/api/projects/{code}/airlock/approvals")
+def get_required_approvals(
+    code: Code, session: SessionDep, principal: CurrentPrincipal
+) -> ApprovalsRead:
+    _scope(principal, *READ)
+    project = _project(session, principal, code)
+    return ApprovalsRead(
+        project=project.code, approvals=project.airlock_approvals, version=project.version
+    )
+
+
+@router.put("/api/projects/{code}/airlock/approvals")
+def set_required_approvals(
+    code: Code,
+    body: ApprovalsUpdate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+    now: NowDep,
+) -> ApprovalsRead:
+    """A data steward sets the project's number of approvals (for requests submitted later)."""
+    _scope(principal, *REVIEW)
+    project = _project(session, principal, code)
+    airlock_egress.set_required_approvals(
+        session,
+        principal.user,
+        project,
+        body.approvals,
+        body.version,
+        now,
+        request_source(request, settings),
+    )
+    return ApprovalsRead(
+        project=project.code, approvals=project.airlock_approvals, version=project.version
+    )
 
 
 @router.get("/api/airlock/outputs")

@@ -78,6 +78,9 @@ DUTCH: Mapping[str, str] = {
     "Revision": "Versie",
     "Policy": "Beleid",
     "Approvals needed": "Benodigde goedkeuringen",
+    "Independent approvals for output requests": (
+        "Onafhankelijke goedkeuringen voor outputverzoeken"
+    ),
     "Submitted": "Ingediend",
     "Files": "Bestanden",
     "Verdict": "Oordeel",
@@ -239,10 +242,37 @@ def airlock_page(
         outputs=airlock_egress.list_requests(session, user, project),
         may_upload=may_upload,
         may_ask=may_ask,
+        may_set_approvals=user.role is Role.DATA_STEWARD,
+        max_approvals=airlock_egress.MAX_APPROVALS,
         export_files=export_listing(settings, project) if may_ask else [],
         kinds=[k.value for k in OutputKind],
         max_bytes=settings.airlock_max_upload_bytes,
     )
+
+
+@router.post("/projects/{code}/airlock/approvals")
+def set_approvals(
+    code: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: FormPrincipal,
+    now: NowDep,
+    approvals: Annotated[int, Form(ge=1, le=airlock_egress.MAX_APPROVALS)],
+    version: Annotated[int, Form(ge=1, le=2_147_483_647)] = 1,
+) -> Response:
+    """A data steward sets how many output checkers approve this project's output requests."""
+    project = _project(session, principal, code)
+    airlock_egress.set_required_approvals(
+        session,
+        principal.user,
+        project,
+        approvals,
+        version,
+        now,
+        request_source(request, settings),
+    )
+    return redirect(f"/projects/{code}/airlock")
 
 
 async def limit_form_size(request: Request, settings: SettingsDep) -> None:
@@ -407,6 +437,7 @@ def output_page(
         preflight=preflight,
         decisions=[d.value for d in ReviewDecision],
         waited=waited,
+        approvals=sum(1 for r in output.reviews if r.decision is ReviewDecision.APPROVE),
     )
 
 
