@@ -689,6 +689,9 @@ def review_queue(session: Session, user: User, light: bool | None = None) -> lis
     ]
 
 
+REVIEW_TARGET_DAYS = 3  # a decision within three working days of submission
+
+
 def working_days_since(start: datetime, now: datetime) -> int:
     """Whole working days (Monday to Friday) between two moments: the 3-day target's clock."""
     days, day = 0, start.date()

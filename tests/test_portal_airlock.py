@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from airlock_helpers import airlock_settings, clamd_socket  # noqa: F401
@@ -364,3 +364,49 @@ def test_portal_airlock_steward_sets_approvals_shown_to_reviewers(portal, people
         s, people["checkers"][0].user, request, ReviewDecision.APPROVE, "", {}, None, NOW
     )
     assert request.state is OutputState.APPROVED  # one approval suffices now
+
+
+def test_portal_airlock_queues_in_the_staff_menu_by_role(portal, people):
+    expected = {
+        "member": (False, False),
+        "outsider": (False, False),
+        "steward": (True, False),
+    }
+    for name, (uploads, outputs) in expected.items():
+        portal.sign_in(people[name])
+        page = portal.client.get("/account").text
+        assert ('href="/review/airlock/uploads"' in page) is uploads, name
+        assert ('href="/review/airlock/outputs"' in page) is outputs, name
+    portal.sign_in(people["checkers"][0])
+    page = portal.client.get("/review/airlock/outputs").text
+    assert 'href="/review/airlock/uploads"' in page
+    assert 'href="/review/airlock/outputs" aria-current="page"' in page
+
+
+def test_portal_airlock_output_queue_oldest_first_lanes_and_target(portal, people):
+    s, st, member = portal.session, portal.settings, people["member"].user
+    project = people["project"]
+    spec = FileSpec("table.csv", OutputKind.TABLE, "Counts by region")
+    made = []
+    for title, light, days_ago in (("Recent", False, 0), ("Old", False, 14), ("Small", True, 1)):
+        request = airlock_egress.create_request(
+            s, st, member, project, title, [spec], NOW, light=light
+        )
+        airlock_egress.submit_request(s, st, member, request, None, NOW)
+        request.submitted_at = NOW - timedelta(days=days_ago)
+        made.append(request)
+    s.flush()
+    recent, old, small = made
+    portal.sign_in(people["checkers"][0])
+    page = portal.client.get("/review/airlock/outputs").text
+    light_at, regular_at = page.index("LIGHT lane"), page.index("Regular lane")
+    assert light_at < page.index(f'id="queue-output-{small.id}"') < regular_at
+    assert regular_at < page.index(f'id="queue-output-{old.id}"')
+    assert page.index(f'id="queue-output-{old.id}"') < page.index(f'id="queue-output-{recent.id}"')
+    old_line = page[page.index(f'id="waited-{old.id}"') :].split("</span>")[0]
+    assert "of 3 working days" in old_line
+    assert "overdue" in old_line
+    assert "0 of 2 approvals" in old_line
+    recent_line = page[page.index(f'id="waited-{recent.id}"') :].split("</span>")[0]
+    assert "0 of 3 working days" in recent_line
+    assert "overdue" not in recent_line

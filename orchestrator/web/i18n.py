@@ -248,6 +248,8 @@ DUTCH: Mapping[str, str] = {
     "My projects": "Mijn projecten",
     "Catalogue": "Catalogus",
     "Review": "Beoordelen",
+    "Upload review": "Beoordeling uploads",  # the airlock's queues in the staff menu
+    "Output review": "Beoordeling output",
     "Your request has been sent to the data stewards.": (
         "Uw verzoek is naar de datastewards gestuurd."
     ),

@@ -101,12 +101,17 @@ DUTCH: Mapping[str, str] = {
     "Release": "Vrijgeven",
     "Download": "Downloaden",
     "Release manifest": "Vrijgavemanifest",
-    "Upload review": "Beoordeling uploads",
-    "Output review": "Beoordeling output",
     "Approve": "Goedkeuren",
     "Reject": "Afwijzen",
     "Return with comments": "Terugsturen met opmerkingen",
     "Waiting": "Wachttijd",
+    "%(days)s of %(target)s working days": "%(days)s van %(target)s werkdagen",
+    "overdue": "te laat",
+    "submitted %(day)s": "ingediend %(day)s",
+    "%(given)s of %(needed)s approvals": "%(given)s van %(needed)s goedkeuringen",
+    "Oldest first; the target is a decision within %(target)s working days.": (
+        "Oudste eerst; het doel is een besluit binnen %(target)s werkdagen."
+    ),
     "%(days)s working days": "%(days)s werkdagen",
     "LIGHT lane": "LIGHT-route",
     "Regular lane": "Gewone route",
@@ -585,7 +590,12 @@ def upload_queue(request: Request, session: SessionDep, principal: PagePrincipal
         raise Forbidden("Only data stewards and output checkers review uploads.")
     items = airlock.list_uploads(session, principal.user, None, UploadState.PENDING_REVIEW)
     return _page(
-        request, "uploads.html", principal, title="Upload review", nav="review", items=items
+        request,
+        "uploads.html",
+        principal,
+        title="Upload review",
+        nav="airlock-uploads",
+        items=items,
     )
 
 
@@ -638,7 +648,8 @@ def output_queue(
         "outputs.html",
         principal,
         title="Output review",
-        nav="review",
+        nav="airlock-outputs",
         lanes=lanes,
         waited=waited,
+        target=airlock_egress.REVIEW_TARGET_DAYS,
     )

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from orchestrator.api.deps import Principal
 from orchestrator.config import Settings
-from orchestrator.models import User, UserStatus
+from orchestrator.models import Role, User, UserStatus
 from orchestrator.policy import GRANTS, Action, Reach
 from orchestrator.sessions import csrf_token
 from orchestrator.web.browser import (
@@ -57,7 +57,8 @@ class MenuItem:
     key: str
     href: str
     label: str
-    action: Action
+    action: Action | None
+    roles: frozenset[Role] = frozenset()  # instead of an action: these roles see the item
 
 
 STAFF_MENU = (
@@ -65,6 +66,21 @@ STAFF_MENU = (
     MenuItem("users", "/admin/users", "Accounts", Action.USER_READ),
     MenuItem("tokens", "/admin/tokens", "Tokens", Action.TOKEN_READ),
     MenuItem("review", "/review/projects", "Review", Action.PROJECT_REVIEW),
+    # The airlock's review queues (issue 7): by role, as the airlock decides by role.
+    MenuItem(
+        "airlock-uploads",
+        "/review/airlock/uploads",
+        "Upload review",
+        None,
+        frozenset({Role.DATA_STEWARD, Role.OUTPUT_CHECKER}),
+    ),
+    MenuItem(
+        "airlock-outputs",
+        "/review/airlock/outputs",
+        "Output review",
+        None,
+        frozenset({Role.OUTPUT_CHECKER}),
+    ),
 )
 
 
@@ -116,7 +132,12 @@ def reaches_all(user: User, action: Action) -> bool:
 def staff_menu(user: User | None) -> list[MenuItem]:
     if user is None:
         return []
-    return [item for item in STAFF_MENU if reaches_all(user, item.action)]
+    return [
+        item
+        for item in STAFF_MENU
+        if (reaches_all(user, item.action) if item.action is not None else user.role in item.roles)
+        and user.status is UserStatus.ACTIVE
+    ]
 
 
 def _notice(request: Request, _: Translate) -> str:
