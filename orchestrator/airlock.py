@@ -765,20 +765,28 @@ def sweep(session: Session, settings: Settings, now: datetime) -> SweepReport:
 # --- notifications --------------------------------------------------------------------------------
 
 
-def reviewers(session: Session, project: Project) -> list[User]:
+def reviewers(
+    session: Session, project: Project, roles: frozenset[Role] = REVIEWER_ROLES
+) -> list[User]:
     people = session.scalars(
         select(User)
-        .where(User.role.in_(list(REVIEWER_ROLES)), User.status == UserStatus.ACTIVE)
+        .where(User.role.in_(list(roles)), User.status == UserStatus.ACTIVE)
         .order_by(User.id)
     )
     return [p for p in people if not policy.is_or_was_member(p, project)]
 
 
 def notify_reviewers(
-    session: Session, project: Project, what: str, queue: str, actor: User | None
+    session: Session,
+    project: Project,
+    what: str,
+    queue: str,
+    actor: User | None,
+    roles: frozenset[Role] = REVIEWER_ROLES,
 ) -> None:
+    """E-mail everyone who may review in `queue` (not members of the project, not `actor`)."""
     settings = notify.settings_of(session)
-    for person in reviewers(session, project):
+    for person in reviewers(session, project, roles):
         if actor is not None and person.id == actor.id:
             continue
         notify.enqueue(

@@ -52,6 +52,7 @@ from orchestrator.models import Project, Role, User
 S = OutputState
 MAX_TEXT = 5000
 OPEN_STATES = frozenset({S.CHECKED, S.IN_REVIEW})
+CHECKERS = frozenset({Role.OUTPUT_CHECKER})  # who review output requests
 REVIEW_EVENTS: Mapping[ReviewDecision, str] = {
     ReviewDecision.APPROVE: "airlock_output_approval",  # one of the approvals needed
     ReviewDecision.RETURN: "airlock_output_returned",
@@ -415,6 +416,7 @@ def submit_request(
         f"{lane}output request {request.id} awaits review",
         "outputs",
         actor,
+        CHECKERS,
     )
     return request
 
@@ -536,6 +538,7 @@ def withdraw_request(
     _own(actor, request)
     check_version(f"Output request {request.id}", version, request.version)
     target = _step(request, "withdraw")
+    was = request.state
     with conflict_if_stale(f"Output request {request.id}", version):
         request.state = target
         request.state_changed_at = now
@@ -547,8 +550,24 @@ def withdraw_request(
         object_type="output_request",
         object_id=request.id,
         source=source,
-        details={"project": request.project.code},
+        details={"project": request.project.code, "from": was.value},
     )
+    airlock._tell(
+        session,
+        request.submitted_by,
+        request.project,
+        f"output request {request.id} withdrawn",
+        "You withdrew it; nothing will be released from it.",
+    )
+    if was in OPEN_STATES:  # it was in the checkers' queue: they need not look any more
+        airlock.notify_reviewers(
+            session,
+            request.project,
+            f"output request {request.id} was withdrawn and left the review queue",
+            "outputs",
+            actor,
+            CHECKERS,
+        )
     return request
 
 

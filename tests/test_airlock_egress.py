@@ -25,7 +25,14 @@ from orchestrator.airlock_models import (
 )
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, Forbidden, Invalid, NotFound
-from orchestrator.models import AuditEvent, MemberRole, ProjectMember, ProjectState, Role
+from orchestrator.models import (
+    AuditEvent,
+    MemberRole,
+    OutboxMessage,
+    ProjectMember,
+    ProjectState,
+    Role,
+)
 
 S = OutputState
 TABLE = b"region,count\nNorth,120\nSouth,85\n"
@@ -551,3 +558,21 @@ def test_egress_sweep_deletes_frozen_files_of_ended_requests_after_retention(
     assert not folder.exists()
     assert airlock_egress.outputs_dir(settings, live).exists()
     assert rejected.files[0].sha256  # the record stays
+
+
+def _mail(session: Session, needle: str) -> set[str]:
+    return {m.to_address for m in session.scalars(select(OutboxMessage)) if needle in m.subject}
+
+
+def test_egress_withdrawal_tells_the_submitter_and_the_checkers(db_session, settings, w):
+    request = submitted(db_session, settings, w)
+    checkers = {c.email for c in w["checkers"]}
+    assert _mail(db_session, f"request {request.id} awaits review") == checkers  # no stewards
+    airlock_egress.withdraw_request(db_session, w["member"], request, None, NOW)
+    assert request.state is S.WITHDRAWN
+    assert _mail(db_session, f"request {request.id} withdrawn") == {w["member"].email}
+    assert _mail(db_session, f"request {request.id} was withdrawn") == checkers
+    draft = new_request(db_session, settings, w)  # never in the queue: only the submitter hears
+    airlock_egress.withdraw_request(db_session, w["member"], draft, None, NOW)
+    assert _mail(db_session, f"request {draft.id} withdrawn") == {w["member"].email}
+    assert _mail(db_session, f"request {draft.id} was withdrawn") == set()
