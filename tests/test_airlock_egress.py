@@ -576,3 +576,29 @@ def test_egress_withdrawal_tells_the_submitter_and_the_checkers(db_session, sett
     airlock_egress.withdraw_request(db_session, w["member"], draft, None, NOW)
     assert _mail(db_session, f"request {draft.id} withdrawn") == {w["member"].email}
     assert _mail(db_session, f"request {draft.id} was withdrawn") == set()
+
+
+def test_egress_submit_interrupted_after_copying_converges_on_rerun(db_session, settings, w):
+    """The files were frozen but the transaction never committed (the process died): the
+    request is still a draft with no hashes, and submitting again freezes afresh."""
+    request = new_request(db_session, settings, w)
+    db_session.commit()  # (a savepoint in this test's transaction)
+    try:
+        with db_session.begin_nested():
+            airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
+            raise RuntimeError("the process dies before the commit")
+    except RuntimeError:
+        pass
+    db_session.expire_all()
+    assert request.state is S.DRAFT
+    assert [f.sha256 for f in request.files] == ["", ""]
+    assert airlock_egress.outputs_dir(settings, request).exists()  # the copies stayed behind
+    (w["export"] / "table.csv").write_bytes(b"region,count\nNorth,125\n")
+    airlock_egress.submit_request(db_session, settings, w["member"], request, None, NOW)
+    frozen = airlock_egress.frozen_path(settings, request.files[0])
+    assert frozen.read_bytes() == b"region,count\nNorth,125\n"
+    assert request.files[0].sha256 == airlock_egress._sha256(frozen)
+    assert sorted(p.name for p in airlock_egress.outputs_dir(settings, request).iterdir()) == [
+        "0001.csv",
+        "0002.txt",
+    ]

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from airlock_helpers import clamd_socket  # noqa: F401
 from factories import MadeUser, make_user
 from playwright.sync_api import Browser, Page, expect
 from project_factories import make_project
+from sqlalchemy import select
 
 from orchestrator import airlock
+from orchestrator.airlock_models import Upload
+from orchestrator.apitokens import create_api_token
 from orchestrator.config import Settings
 from orchestrator.db import make_engine
 from orchestrator.models import ProjectState, Role
@@ -146,3 +151,50 @@ def test_browser_airlock_upload_approval_and_output_release(
     for context in {researcher.context, checker.context, page.context, other.context}:
         context.close()
     airlock.remove_tree(portal.settings.effective_project_storage_root / code / "import")
+
+
+def test_live_upload_cut_off_mid_stream_leaves_nothing(airlock_portal: Portal) -> None:
+    """A real client sends half of a declared upload to the live server and hangs up (as when a
+    browser or the control plane goes away): the partial quarantine file is removed, no row is
+    written, nothing reaches import/, and a whole upload afterwards still works."""
+    portal = airlock_portal
+    settings = portal.settings
+    with portal.session() as session:
+        member = make_user(session, settings)
+        project = make_project(session, state=ProjectState.ACTIVE, members=[member.user])
+        _row, secret = create_api_token(
+            session, member.user, "upload", ["read", "projects:write"], 7, settings
+        )
+        session.commit()
+        code = project.code
+    quarantine = airlock.quarantine_dir(settings)
+    before = set(quarantine.iterdir()) if quarantine.exists() else set()
+    host, port = portal.url.removeprefix("http://").rsplit(":", 1)
+    path = f"/api/projects/{code}/airlock/uploads?filename=big.csv&legal_basis=Survey&lawful=true"
+    body = b"region,count\n" + b"North,120\n" * 100_000  # about 1 MB declared
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: text/csv\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        conn.sendall(body[: len(body) // 2])
+        deadline = time.monotonic() + 10
+        while not (set(quarantine.iterdir()) - before) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server is writing the .part file
+        assert [p.name.endswith(".part") for p in set(quarantine.iterdir()) - before] == [True]
+    deadline = time.monotonic() + 10
+    while set(quarantine.iterdir()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(quarantine.iterdir()) - before == set()
+    with portal.session() as session:
+        assert session.scalars(select(Upload).where(Upload.project_id == project.id)).all() == []
+    assert not (settings.effective_project_storage_root / code / "import").exists()
+
+    answer = httpx.post(
+        portal.url + path,
+        content=body,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "text/csv"},
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["sha256"] == hashlib.sha256(body).hexdigest()
