@@ -28,6 +28,8 @@ REQUIRED_LABELS = (
     "org.opencontainers.image.version",
     "org.opencontainers.image.revision",
     "org.opencontainers.image.source",
+    "org.opencontainers.image.created",
+    "org.opencontainers.image.base.name",
 )
 COMPILERS = ("build-essential", "gcc", "g++", "clang", "make", "r-base-dev", "python3-dev")
 NETWORK_TOOLS = ("curl", "wget", "openssh-client", "netcat", "netcat-openbsd", "socat", "git")
@@ -150,6 +152,10 @@ def test_containerfile_final_stage_has_oci_labels(name: str) -> None:
 
     for label in REQUIRED_LABELS:
         assert f"{label}=" in labels, label
+    # A label's build argument must be declared in the stage, or it is empty (BASE_IMAGE too).
+    declared = {arg.partition("=")[0] for arg in final.args("ARG")}
+    for argument in re.findall(r"\$\{(\w+)\}", labels):
+        assert argument in declared, argument
     assert '${KLUIS_VERSION}"' in labels
     assert '${KLUIS_SOURCE}"' in labels
 
@@ -219,10 +225,10 @@ def test_control_plane_lock_has_every_pyproject_pin() -> None:
     pins = requirement_names(IMAGES / "control-plane" / "requirements.txt")
 
     for dependency in project["dependencies"]:
-        name, version = re.split(r"==", dependency)
-        assert pins.get(normalise(name.split("[")[0])) == version, (
-            f"{dependency}: run images/lock (the image would install {pins.get(normalise(name))})"
-        )
+        name, _, version = dependency.partition("==")
+        locked = pins.get(normalise(re.split(r"[\[<>=!~; ]", name)[0]))
+        assert locked is not None, f"{dependency}: not in the lock, run images/lock"
+        assert not version or locked == version, f"{dependency}: the lock has {locked}"
 
 
 def test_hub_and_workspace_share_jupyterhub_version() -> None:
