@@ -52,7 +52,24 @@ class TicketLoginHandler(BaseHandler):  # type: ignore[misc]
                 "This launch link is invalid, used or expired. "
                 "Open the workspace again from the portal.",
             )
+        if self._spawn_throttled(user, project):
+            # The hub would answer 429 (concurrent spawn limit): say so on the portal instead.
+            self.redirect(f"{self.authenticator.portal_url}projects/{project}/workspace?busy=1")
+            return
         self.redirect(url_path_join(self.hub.base_url, "spawn", user.name, project))
+
+    def _spawn_throttled(self, user: Any, project: str) -> bool:
+        """Whether starting this server now would be refused by JupyterHub's own check (spawns
+        pending >= `concurrent_spawn_limit`). A server already running or starting is not a new
+        spawn. The hub's check at the spawn itself stays the authority (its 429 page)."""
+        limit = self.concurrent_spawn_limit
+        if not limit:
+            return False
+        spawner = user.spawners.get(project)  # dict.get: does not create a spawner
+        if spawner is not None and (spawner.active or spawner.pending):
+            return False
+        counts = self.users.count_active_users()
+        return bool(counts["spawn_pending"] + counts["proxy_pending"] >= limit)
 
 
 class KluisAuthenticator(Authenticator):  # type: ignore[misc]

@@ -58,6 +58,12 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "van het project. Hij stopt als hij een tijd niet gebruikt is, of als uw toegang eindigt.",
     },
     "stop_requested": {"en": "The workspace is stopping.", "nl": "De werkomgeving wordt gestopt."},
+    "busy": {
+        "en": "Too many workspaces are starting right now, so yours was not started. "
+        "Try again shortly.",
+        "nl": "Er worden nu te veel werkomgevingen tegelijk gestart, daarom is de uwe niet "
+        "gestart. Probeer het zo opnieuw.",
+    },
 }
 
 
@@ -113,6 +119,7 @@ def _page(
     principal: Any,
     *,
     stopping: bool = False,
+    busy: bool = False,
 ) -> Response:
     language = request_language(request)
     problem = launch.launch_problem(session, user, project, now)
@@ -131,6 +138,8 @@ def _page(
         "state": state,
         "state_text": t.get(state.key, ""),
         "stop_notice": t["stop_requested"] if stopping else None,
+        # The hub sends people back here when its concurrent spawn limit is reached.
+        "busy_notice": t["busy"] if busy and problem is None else None,
     }
     response = render(request, "projects/workspace.html", context, principal=principal)
     # The launch form's answer redirects to the hub: allow that origin as a form target here.
@@ -152,8 +161,17 @@ def workspace_page(
     principal = require_page_principal(principal)
     project = visible_project(session, principal.user, code)
     stopping = "stopping" in request.query_params
+    busy = "busy" in request.query_params
     return _page(
-        request, session, settings, principal.user, project, now, principal, stopping=stopping
+        request,
+        session,
+        settings,
+        principal.user,
+        project,
+        now,
+        principal,
+        stopping=stopping,
+        busy=busy,
     )
 
 
