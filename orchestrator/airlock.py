@@ -4,7 +4,7 @@ placement read-only in the project's `import/` folder; the retention sweep; who 
 Flow: the bytes are streamed into the quarantine area (`<airlock dir>/quarantine/`, never held
 in memory, limited in size), then checked — name, type by content (libmagic), archive safety
 (entry names, links, device files, entry count, expanded size and ratio, nested archives) and a
-ClamAV scan over clamd's socket, fail-closed — and recorded as `pending_review` or `blocked`.
+ClamAV scan by clamd (socket or TCP), fail-closed — and recorded as `pending_review` or `blocked`.
 A data steward or output checker who is not in the project approves (the file is copied, checksum
 verified, into `import/<upload id>/` read-only, with a `.sha256` beside it) or rejects; blocked
 and rejected bytes are deleted by `sweep` after the retention period. Every step is audited.
@@ -400,7 +400,7 @@ def run_checks(settings: Settings, path: Path) -> tuple[str, list[Finding]]:
                 findings.extend(check_gzip(path, settings))
         except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError) as exc:
             findings.append(Finding("archive", Verdict.FAIL, f"unreadable archive: {exc}"[:300]))
-    scan = clamd.scan_file(settings.clamd_socket, path, settings.clamd_timeout_seconds)
+    scan = clamd.scan_file(settings.clamd_endpoint, path, settings.clamd_timeout_seconds)
     findings.append(Finding("malware", Verdict.PASS if scan.clean else Verdict.FAIL, scan.detail))
     return kind, findings
 

@@ -45,12 +45,14 @@ def sweep(ctx: typer.Context) -> None:
 
 @airlock_app.command()
 def scanner(ctx: typer.Context) -> None:
-    """Whether clamd answers on KLUIS_CLAMD_SOCKET (exit 1 if not: uploads would be blocked)."""
+    """Whether clamd answers on KLUIS_CLAMD_ADDRESS, else on KLUIS_CLAMD_SOCKET (exit 1 if not:
+    uploads would be blocked)."""
     settings = _settings(ctx)
-    if clamd.ping(settings.clamd_socket):
-        typer.echo(f"clamd answers on {settings.clamd_socket}")
+    where = clamd.describe(settings.clamd_endpoint)
+    if clamd.ping(settings.clamd_endpoint):
+        typer.echo(f"clamd answers on {where}")
         return
-    typer.echo(f"error: clamd does not answer on {settings.clamd_socket}", err=True)
+    typer.echo(f"error: clamd does not answer on {where}", err=True)
     raise typer.Exit(1)
 
 

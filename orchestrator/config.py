@@ -5,7 +5,9 @@ Nothing here runs at import; the entry point calls `load_settings()` and passes 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -237,6 +239,8 @@ class Settings(BaseSettings):
     # --- airlock (ingress uploads, egress output requests) ---
     airlock_dir: Path | None = None  # quarantine and frozen outputs; default <data_dir>/airlock
     clamd_socket: Path = Path("/run/clamav/clamd.ctl")  # clamd's unix socket (LocalSocket)
+    # An existing clamd over TCP, "host:port" ("[v6]:port"); when set, used instead of the socket.
+    clamd_address: str | None = None
     clamd_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     airlock_max_upload_bytes: Annotated[int, Field(ge=1)] = 2 * 1024**3
     airlock_max_open_uploads: Annotated[int, Field(ge=1, le=10000)] = 20  # per project, in review
@@ -272,6 +276,15 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("clamd_address", mode="before")
+    @classmethod
+    def _host_port(cls, value: object) -> object:
+        if value == "":
+            return None  # an empty variable means unset: the unix socket
+        if isinstance(value, str):
+            split_host_port(value)  # a clear error at start-up, not at the first upload
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:
@@ -348,12 +361,42 @@ class Settings(BaseSettings):
         return self.airlock_dir or self.data_dir / "airlock"
 
     @property
+    def clamd_endpoint(self) -> Path | tuple[str, int]:
+        """Where clamd listens: `(host, port)` when KLUIS_CLAMD_ADDRESS is set, else the socket."""
+        if self.clamd_address:
+            return split_host_port(self.clamd_address)
+        return self.clamd_socket
+
+    @property
     def effective_cluster_dir(self) -> Path:
         return self.cluster_dir or self.data_dir / "cluster"
 
     @property
     def effective_public_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host:port` (a DNS name or IPv4 address) or `[IPv6]:port` as (host, port).
+
+    Raises ValueError (naming the expected form, never echoing the value) for anything else."""
+    form = 'must be "host:port" (e.g. "clamd.antivirus.svc:3310" or "[fd00::5]:3310")'
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(form + " with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(form + ": the bracketed host is not an IPv6 address") from None
+        return host[1:-1], int(port)
+    name = host.removesuffix(".")  # a fully qualified name may end in a dot
+    if not 1 <= len(name) <= 253 or not all(_DNS_LABEL.match(part) for part in name.split(".")):
+        raise ValueError(form + ": the host is not a DNS name or an IPv4 address")
+    return host, int(port)
 
 
 def load_settings() -> Settings:
