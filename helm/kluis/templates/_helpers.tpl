@@ -236,7 +236,11 @@ KLUIS_STORAGE_NFS_SERVER: {{ $v.storage.nfs.server | quote }}
 KLUIS_STORAGE_CSI_DRIVER: {{ $v.storage.csi.driver | quote }}
 KLUIS_STORAGE_CSI_VOLUME_HANDLE: {{ $v.storage.csi.volumeHandle | quote }}
 {{- end }}
+{{- if $v.clamav.existingAddress }}
+KLUIS_CLAMD_ADDRESS: {{ $v.clamav.existingAddress | quote }}
+{{- else }}
 KLUIS_CLAMD_SOCKET: "/run/clamav/clamd.ctl"
+{{- end }}
 KLUIS_HUB_NAMESPACE: {{ .Release.Namespace | quote }}
 KLUIS_HUB_SERVICE_ACCOUNT: {{ include "kluis.componentName" (dict "root" . "component" "hub") | quote }}
 KLUIS_HUB_POD_LABELS: {{ include "kluis.selectorLabelsJson" (dict "root" . "component" "hub") | quote }}
