@@ -60,10 +60,10 @@ def test_render_clamav_existing_address_runs_no_sidecar(helm: Path) -> None:
 def test_render_clamav_existing_address_sets_kluis_clamd_address(helm: Path) -> None:
     env = _settings(render(helm, EXISTING))
 
-    assert env["KLUIS_CLAMD_ADDRESS"] == "clamd.antivirus.svc.cluster.local:3310"
+    assert env["KLUIS_CLAMD_ADDRESS"] == "clamd.antivirus.example.org:3310"
     assert "KLUIS_CLAMD_SOCKET" not in env
     settings = Settings(clamd_address=env["KLUIS_CLAMD_ADDRESS"])
-    assert settings.clamd_endpoint == ("clamd.antivirus.svc.cluster.local", 3310)
+    assert settings.clamd_endpoint == ("clamd.antivirus.example.org", 3310)
 
 
 def test_render_clamav_existing_address_egress_to_its_port_only(helm: Path) -> None:
@@ -71,7 +71,7 @@ def test_render_clamav_existing_address_egress_to_its_port_only(helm: Path) -> N
 
     (rule,) = _rules_on_port(objects, 3310)
     assert rule == {
-        "to": [{"ipBlock": {"cidr": "10.96.0.0/12"}}],
+        "to": [{"ipBlock": {"cidr": "10.20.30.0/24"}}],
         "ports": [{"protocol": "TCP", "port": 3310}],
     }
     assert _rules_on_port(objects, 443) == [], "no freshclam, so no signature mirror"
