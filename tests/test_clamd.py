@@ -113,7 +113,8 @@ def test_clamd_tcp_stream_over_clamd_limit_fails_closed(
         process.wait(timeout=10)
 
     assert not result.clean
-    assert result.detail != "OK"
+    # clamd says why before it closes; over TCP a reset may swallow that: refused, still blocked.
+    assert "size limit exceeded" in result.detail or result.detail.startswith("scanner refused")
 
 
 def test_clamd_describe_names_the_endpoint() -> None:
