@@ -6,13 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from bench import auth, devcluster, projects, workspaces
+from bench import auth, devcluster, hub, projects, workspaces
 
 BENCHMARKS = {
     "devcluster": devcluster.run,
     "auth": auth.run,
     "projects": projects.run,
     "workspaces": workspaces.run,
+    "hub": hub.run,
 }
 
 
