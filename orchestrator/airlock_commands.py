@@ -223,9 +223,7 @@ def _output_data(session: Session, request: OutputRequest) -> dict[str, Any]:
 
 
 def _finding_line(finding: dict[str, Any]) -> str:
-    what = finding.get("check") or "check"
-    if finding.get("rule"):
-        what = f"{what}/{finding['rule']}"
+    what = "/".join(str(finding[k]) for k in ("check", "rule") if finding.get(k)) or "check"
     return f"{finding.get('verdict', '?')}: {what}: {finding.get('detail', '')}"
 
 

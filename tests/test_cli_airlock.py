@@ -412,10 +412,12 @@ def test_cli_airlock_output_shows_files_findings_reviews(cli_env, world):
     assert "lane light" in text.output
     assert "table.csv" in text.output
     assert frozen.sha256 in text.output
-    assert "min_cell_count" in text.output or "fail:" in text.output
     assert f"{world['checker'].username}: approve" in text.output
     assert data["files"][0]["verdict"] == frozen.verdict != ""
-    assert data["files"][0]["findings"]
+    assert data["files"][0]["verdict"] == "fail"  # South, 3: below the minimum cell count
+    failed = [f for f in data["files"][0]["findings"] if f["verdict"] == "fail"]
+    assert failed
+    assert f"fail: {failed[0]['rule']}: {failed[0]['detail']}" in text.output
     assert data["reviews"][0]["file_comments"] == {str(frozen.id): "ok"}
     assert data["approvals"] == 1
     assert data["required_approvals"] == 2
