@@ -32,7 +32,7 @@ from orchestrator.airlock_models import (
     UploadState,
 )
 from orchestrator.config import Settings
-from orchestrator.db import make_engine, make_sessionmaker, session_scope
+from orchestrator.db import begin_read, make_engine, make_sessionmaker, session_scope
 from orchestrator.errors import Conflict, Forbidden, KluisError, NotFound
 from orchestrator.models import Project, User, utcnow
 
@@ -316,6 +316,7 @@ def uploads_list(
 ) -> None:
     """Uploads, oldest first (pending_review: the review queue): id, project, state, who, name."""
     with _transaction(_settings(ctx)) as session:
+        begin_read(session)  # no write lock for a read
         actor = _actor(session, as_user)
         only = _project(session, project, actor) if project is not None else None
         if actor is not None:
@@ -345,6 +346,7 @@ def upload_show(
 ) -> None:
     """One upload: file, checksum, legal basis, the automatic checks and the decision."""
     with _transaction(_settings(ctx)) as session:
+        begin_read(session)  # no write lock for a read
         actor = _actor(session, as_user)
         data = _upload_data(session, _upload(session, upload_id, actor))
     if as_json:
@@ -440,6 +442,7 @@ def outputs_list(
     With --as, those the user may see."""
     settings = _settings(ctx)
     with _transaction(settings) as session:
+        begin_read(session)  # no write lock for a read
         actor = _actor(session, as_user)
         only = _project(session, project, actor) if project is not None else None
         stmt = select(OutputRequest)
@@ -485,6 +488,7 @@ def output_show(
 ) -> None:
     """One output request: its files (frozen checksums, verdicts, findings) and the reviews."""
     with _transaction(_settings(ctx)) as session:
+        begin_read(session)  # no write lock for a read
         actor = _actor(session, as_user)
         data = _output_data(session, _output(session, request_id, actor))
     if as_json:

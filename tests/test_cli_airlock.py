@@ -28,7 +28,14 @@ from orchestrator.airlock_models import (
 from orchestrator.cli import app
 from orchestrator.config import Settings
 from orchestrator.db import make_engine, upgrade_database
-from orchestrator.models import AuditEvent, Project, ProjectState, Role
+from orchestrator.models import (
+    AuditEvent,
+    MemberRole,
+    Project,
+    ProjectMember,
+    ProjectState,
+    Role,
+)
 
 runner = CliRunner()
 
@@ -347,6 +354,24 @@ def test_cli_airlock_review_upload_self_and_member_review_refused(cli_env, db, w
     assert "Nobody reviews what they submitted themselves" in result.output
     reread(db)
     assert db.get(Upload, own.id).state is UploadState.PENDING_REVIEW
+
+
+def test_cli_airlock_review_upload_by_a_former_member_refused(cli_env, db, world):
+    checker = world["checker"]
+    world["project"].members.append(
+        ProjectMember(user_id=checker.id, role=MemberRole.RESEARCHER, added_at=NOW, removed_at=NOW)
+    )
+    db.commit()
+    before = audit_count(db)
+
+    result = invoke(
+        cli_env, "review-upload", str(world["pending"].id), "approve", "--as", checker.username
+    )
+
+    assert result.exit_code == 4
+    assert "Members of a project never review" in result.output
+    assert audit_count(db) == before
+    assert db.get(Upload, world["pending"].id).state is UploadState.PENDING_REVIEW
 
 
 def test_cli_airlock_review_upload_illegal_steps_and_usage(cli_env, db, world):
