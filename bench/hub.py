@@ -58,6 +58,7 @@ from orchestrator.devcluster import build
 from orchestrator.devcluster.cluster import LocalCluster
 from orchestrator.hub_process import HubProcess, hub_environment, start_hub
 from orchestrator.kube import KubeClient
+from orchestrator.log import configure_logging
 from orchestrator.models import (
     Dataset,
     DatasetVersion,
@@ -202,6 +203,7 @@ def _stack(
             hub_namespace=HUB_NAMESPACE,
             hub_service_account=HUB_ACCOUNT,
         )
+        configure_logging(settings)  # warnings only: the API logs every request at info
         upgrade_database(settings)
         engine = make_engine(settings)
         kube = KubeClient.from_kubeconfig(cluster.kubeconfig, settings.field_manager)
@@ -351,13 +353,18 @@ def _server_pods(stack: Stack, code: str) -> list[dict[str, Any]]:
     ]
 
 
-def _running_at(stack: Stack, code: str) -> float:
-    """The moment the apiserver first shows the project's server pod Running (polled)."""
+def _running_at(stack: Stack, code: str) -> tuple[float, float]:
+    """The moments the apiserver first shows the project's server pod, and shows it Running
+    (polled)."""
     deadline = time.monotonic() + 120
+    seen: float | None = None
     while True:
         pods = _server_pods(stack, code)
+        if pods and seen is None:
+            seen = time.perf_counter()
         if pods and pods[0]["status"].get("phase") == "Running":
-            return time.perf_counter()
+            assert seen is not None
+            return seen, time.perf_counter()
         if time.monotonic() > deadline:
             raise RuntimeError(f"no Running server pod in {code}; see {stack.hub.log_path}")
         time.sleep(POLL_S)
@@ -367,6 +374,10 @@ def _launch(stack: Stack, code: str, watcher: ThreadPoolExecutor) -> dict[str, f
     """One launch as a browser makes it; seconds from the ticket issued to the pod Running (the
     apiserver polled from another thread from that moment on, so the hub's spawn page, which
     may wait up to a second, does not delay the observation), with the steps on the way."""
+    claims = stack.kube.list_owned(
+        "PersistentVolumeClaim", project_selector(code), namespace_name(code)
+    )
+    unbound = sum(1 for claim in claims if claim.get("status", {}).get("phase") != "Bound")
     answer = stack.browser.post(
         f"{stack.api_url}/api/projects/{code}/launch", headers={"X-CSRF-Token": stack.csrf}
     )
@@ -382,8 +393,15 @@ def _launch(stack: Stack, code: str, watcher: ThreadPoolExecutor) -> dict[str, f
     spawn = stack.browser.get(f"{stack.hub.public_url}{spawn_path}", follow_redirects=False)
     if spawn.status_code not in (200, 302):
         raise RuntimeError(f"spawn: {spawn.status_code} {spawn.text[:300]}")
-    ran = running.result()
-    return {"total": ran - issued, "hub_login": logged_in - issued, "after_login": ran - logged_in}
+    created, ran = running.result()
+    return {
+        "total": ran - issued,
+        "hub_login": logged_in - issued,
+        "after_login": ran - logged_in,
+        "to_created": created - logged_in,
+        "created_to_running": ran - created,
+        "unbound_claims": unbound,
+    }
 
 
 def _stop(stack: Stack, code: str) -> None:
@@ -455,6 +473,15 @@ def _measure_with(stack: Stack, watcher: ThreadPoolExecutor) -> dict[str, Any]:
         "first launch: of which hub login -> pod Running s (median)": _median(
             [s["after_login"] for s in first]
         ),
+        "first launch: of which hub login -> pod created s (median)": _median(
+            [s["to_created"] for s in first]
+        ),
+        "first launch: of which pod created -> Running s (median)": _median(
+            [s["created_to_running"] for s in first]
+        ),
+        "first launch: launches with claims not yet Bound at the ticket": sum(
+            1 for s in first if s["unbound_claims"]
+        ),
         "first launch / reconcile (ratio of medians)": round(
             statistics.median(first_total) / base, 2
         ),
@@ -468,6 +495,11 @@ def _measure_with(stack: Stack, watcher: ThreadPoolExecutor) -> dict[str, Any]:
             "reconcile": [round(v, 3) for v in reconcile],
             "first launch": [round(v, 3) for v in first_total],
             "repeat launch": [round(v, 3) for v in repeat_total],
+            "first launch, hub login -> pod created": [round(s["to_created"], 3) for s in first],
+            "first launch, claims not Bound at the ticket": [s["unbound_claims"] for s in first],
+            "first launch, pod created -> Running": [
+                round(s["created_to_running"], 3) for s in first
+            ],
         },
     }
 
