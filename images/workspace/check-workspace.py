@@ -6,6 +6,7 @@ extension-manager plugins are disabled), and both kernels are registered."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -85,6 +86,7 @@ def check_stack() -> None:
         plt.savefig(f"{tmp}/check.png")
 
     session = acro.ACRO(suppress=True)
+    logging.getLogger("acro").setLevel(logging.WARNING)
     table = session.crosstab(df["region"], df["sector"])
     record = session.results.get_index(0)
     require(record.status != "pass", record.status)
@@ -96,6 +98,7 @@ def check_stack() -> None:
 
 def check_lockdown() -> None:
     require(os.getuid() == 1000 and os.getgid() == 100, (os.getuid(), os.getgid()))
+    require(os.access(Path.home(), os.W_OK), f"{Path.home()} is not writable")
     present = [tool for tool in FORBIDDEN_TOOLS if shutil.which(tool)]
     require(not present, f"in the image: {present}")
     privileged = subprocess.run(
