@@ -8,9 +8,12 @@ A second researcher's spawn is then refused with the hub's 429; through the port
 hub sends them back to the workspace page, which says too many workspaces are starting. Once the
 slot is free, the second researcher's spawn goes through.
 
-Note: even after the nodes are uncordoned and the pod runs, a spawn against kwok stays pending
-until the server answers HTTP (JupyterHub waits for it up to `http_timeout`), and kwok pods run
-no container; the first spawn frees its slot here by being stopped, as the portal's Stop does.
+Cordoning is what keeps the first spawn pending for as long as the test needs, wherever it runs.
+Once the pod runs, JupyterHub waits for the server to answer HTTP (up to `http_timeout`); kwok
+pods run no container, so whether that ends soon depends on the network (in this sandbox an
+egress proxy answers any address with 404, which the hub takes for an old server that is up).
+So the first researcher stops the server, as the portal's Stop does, and the slot is free either
+way.
 """
 
 from __future__ import annotations
@@ -142,11 +145,9 @@ def test_hub_second_spawn_over_the_limit_is_refused_then_goes_through(
     finally:
         cordon(kube, False)
 
-    # Placed once the nodes take pods again; the spawn still counts until it ends.
+    # Placed once the nodes take pods again; the first researcher then stops the server (the
+    # portal's Stop), whether the hub still counts it as starting or not: the slot is free.
     assert running_pod(stack, code_a)["spec"]["nodeName"]
-    assert stack.servers(first.username)[code_a]["pending"] == "spawn"
-    assert stack.hub_api("POST", f"/users/{second.username}/servers/{code_b}").status_code == 429
-    # The first researcher stops it (the portal's Stop): the slot is free.
     stop = stack.hub_api("DELETE", f"/users/{first.username}/servers/{code_a}")
     assert stop.status_code in (202, 204), stop.text
     stack.wait_for(lambda: not server_pods(stack, code_a), 60, "the first pod gone")
