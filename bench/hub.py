@@ -15,10 +15,10 @@ reconciler's single-workspace time measured in the same run.
   `SAMPLES` — the usual case of a researcher coming back.
 
 Between launches the server is stopped through the hub's REST API and the pod waited gone
-(kwok runs no container: a spawn stays pending until stopped, so the concurrent spawn limit is
-never in the way here). The control plane's database is a temporary SQLite file, and
-PostgreSQL too (a schema of its own) when `KLUIS_BENCH_POSTGRES_URL` is set; the hub's own
-database is SQLite in both.
+(kwok runs no container; whether the hub counts such a server as up depends on the network, see
+docs/hub.md — stopping it either way keeps the concurrent spawn limit out of the way). The
+control plane's database is a temporary SQLite file, and PostgreSQL too (a schema of its own)
+when `KLUIS_BENCH_POSTGRES_URL` is set; the hub's own database is SQLite in both.
 """
 
 from __future__ import annotations
