@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +110,7 @@ def test_hub_dev_other_researcher_cannot_reach_the_server(stack: Stack) -> None:
     assert stolen.status_code in (403, 404)
     cookie = "; ".join(f"{c.name}={c.value}" for c in snoop.cookies.jar)
     ws_url = base.replace("http://", "ws://") + "/api/kernels/any/channels"
-    assert asyncio.run(websocket_refused(ws_url, cookie))
+    assert run_in_own_loop(websocket_refused, ws_url, cookie)
     stack.hub_api("DELETE", f"/users/{owner.username}/servers/{code}")
 
 
@@ -118,6 +120,14 @@ def xsrf(browser: httpx.Client, path: str) -> str:
         if cookie.name == "_xsrf" and cookie.path.startswith(path):
             return str(cookie.value)
     return ""
+
+
+def run_in_own_loop(coroutine: Callable[..., Coroutine[Any, Any, bool]], *args: str) -> bool:
+    """Run `coroutine(*args)` on a fresh event loop in a thread of its own: in a full test run
+    the main thread may already run a loop (Playwright's sync API leaves one there), where
+    asyncio.run refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coroutine(*args))).result()
 
 
 async def websocket_refused(url: str, cookie: str) -> bool:
