@@ -748,11 +748,14 @@ def test_chart_structured_values_reach_the_settings(
 ) -> None:
     production = _settings_of(helm, "production", monkeypatch)
     csi = _settings_of(helm, "csi", monkeypatch)
+    trial = _settings_of(helm, "trial", monkeypatch)
 
     assert production.session_idle_minutes == 20  # kluis.extraEnv
     assert production.trusted_proxies == ["10.244.0.0/16"]
     assert production.workspace_images == ["registry.example.org/kluis/workspace:0.1.0"]
     assert production.hub_namespace == "kluis"
+    # Without hub.workspaceImages the chart's default is the image built from images/workspace.
+    assert trial.workspace_images == ["kluis/workspace:0.1.0"]
     assert production.hub_service_account == "r-kluis-hub"
     assert csi.compute_sizes["xlarge"].memory == "256Gi"
     assert csi.storage_csi_volume_handle == "kluis{path}"

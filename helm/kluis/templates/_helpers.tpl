@@ -249,9 +249,7 @@ KLUIS_HUB_API_PORT: "8081"
 KLUIS_HUB_PUBLIC_URL: {{ printf "%s%s" (include "kluis.publicUrl" .) ($v.hub.baseUrl | trimSuffix "/") | quote }}
 KLUIS_HUB_API_URL: {{ printf "http://%s:8081%shub/api" (include "kluis.componentName" (dict "root" . "component" "hub")) $v.hub.baseUrl | quote }}
 KLUIS_HUB_SYNC_INTERVAL_SECONDS: {{ $v.hubSync.intervalSeconds | quote }}
-{{- with $v.hub.workspaceImages }}
-KLUIS_WORKSPACE_IMAGES: {{ toJson . | quote }}
-{{- end }}
+KLUIS_WORKSPACE_IMAGES: {{ toJson (default (list (printf "kluis/workspace:%s" .Chart.AppVersion)) $v.hub.workspaceImages) | quote }}
 KLUIS_RECONCILE_CONCURRENCY: {{ $v.reconciler.concurrency | quote }}
 KLUIS_RECONCILE_INTERVAL_SECONDS: {{ $v.reconciler.resyncSeconds | quote }}
 KLUIS_FIELD_MANAGER: {{ $v.reconciler.fieldManager | quote }}
