@@ -18,23 +18,20 @@ way.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import BACKENDS, empty_database
-from hub.stack import Stack, running_stack
+from conftest import BACKENDS
+from hub.stack import Stack
 from kubernetes import client
 
 from orchestrator import names
 from orchestrator.devcluster.cluster import LocalCluster
-from orchestrator.kube import KubeClient
-from orchestrator.names import namespace_name, project_selector
+from orchestrator.names import namespace_name
 
-from .reconciler_support import service_account_token, token_kubeconfig
-from .test_hub_spawn import provision, running_pod, server_pods
+from .test_hub_spawn import kubernetes_stack, provision, running_pod, server_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 BUSY_EN = "Too many workspaces are starting right now, so yours was not started."
@@ -48,36 +45,9 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp(f"hub-limit-{request.param}")
-    hub_namespace = f"t-hub-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(kube)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=hub_namespace)))
-    token = service_account_token(kube, "hub", hub_namespace)
-    kubeconfig = token_kubeconfig(cluster.kubeconfig, token, data_dir / "hub-kubeconfig")
-    with (
-        empty_database(request.param, data_dir) as backend,
-        running_stack(
-            backend,
-            data_dir,
-            spawner="kubernetes",
-            extra_env={
-                "KUBECONFIG": str(kubeconfig),
-                "KLUIS_HUB_CONCURRENT_SPAWN_LIMIT": "1",
-                "KLUIS_HUB_HTTP_TIMEOUT": "300",
-            },
-            overrides={"hub_namespace": hub_namespace, "hub_service_account": "hub"},
-        ) as running,
-    ):
-        admin = KubeClient.from_kubeconfig(cluster.kubeconfig, running.settings.field_manager)
-        running.kube = admin  # type: ignore[attr-defined]
-        try:
-            yield running
-        finally:
-            for code in running.codes:
-                admin.delete("Namespace", None, namespace_name(code))
-                for volume in admin.list_owned("PersistentVolume", project_selector(code)):
-                    admin.delete("PersistentVolume", None, volume["metadata"]["name"])
-            admin.close()
-            core.delete_namespace(hub_namespace)
+    limit = {"KLUIS_HUB_CONCURRENT_SPAWN_LIMIT": "1"}
+    with kubernetes_stack(request.param, cluster, kube, data_dir, limit) as running:
+        yield running
 
 
 def cordon(kube: client.ApiClient, unschedulable: bool) -> None:

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,26 +41,29 @@ SERVER_SELECTOR = f"{names.KIND_LABEL}=server"
 MEASURED: dict[str, list[float]] = {}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def stack(
-    request: pytest.FixtureRequest,
+@contextmanager
+def kubernetes_stack(
+    backend: str,
     cluster: LocalCluster,
     kube: client.ApiClient,
-    tmp_path_factory: pytest.TempPathFactory,
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp(f"hub-{request.param}")
+    """The API, JupyterHub and its proxy with KluisSpawner under the hub's own service account (in
+    a hub namespace of its own); projects' namespaces and volumes are removed afterwards."""
     hub_namespace = f"t-hub-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=hub_namespace)))
     token = service_account_token(kube, "hub", hub_namespace)
     kubeconfig = token_kubeconfig(cluster.kubeconfig, token, data_dir / "hub-kubeconfig")
+    env = {"KUBECONFIG": str(kubeconfig), "KLUIS_HUB_HTTP_TIMEOUT": "300", **(extra_env or {})}
     with (
-        empty_database(request.param, data_dir) as backend,
+        empty_database(backend, data_dir) as settings,
         running_stack(
-            backend,
+            settings,
             data_dir,
             spawner="kubernetes",
-            extra_env={"KUBECONFIG": str(kubeconfig), "KLUIS_HUB_HTTP_TIMEOUT": "300"},
+            extra_env=env,
             overrides={"hub_namespace": hub_namespace, "hub_service_account": "hub"},
         ) as running,
     ):
@@ -74,6 +78,18 @@ def stack(
                     admin.delete("PersistentVolume", None, volume["metadata"]["name"])
             admin.close()
             core.delete_namespace(hub_namespace)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest,
+    cluster: LocalCluster,
+    kube: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp(f"hub-{request.param}")
+    with kubernetes_stack(request.param, cluster, kube, data_dir) as running:
+        yield running
 
 
 def provision(stack: Stack, code: str) -> None:
